@@ -1,0 +1,80 @@
+"""The result of a run: one ``datasets.DatasetDict`` per leaf step, plus the failed rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+FAILED_ROWS_FILE = "failed_rows.jsonl"
+
+
+def _dataset_from_parquet(files: list[Path]) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    if not files:
+        return Dataset.from_dict({})
+    tables = [pq.read_table(f) for f in files]
+    return Dataset(pa.concat_tables(tables, promote_options="permissive"))
+
+
+class Distiset(dict):
+    """``{leaf step name: DatasetDict({"train": Dataset})}``; a single leaf is ``"default"``.
+
+    ``failed_rows`` lists rows that failed under the ``skip`` policy, each with its step,
+    batch, row number, input data and error.
+    """
+
+    def __init__(self, *args: Any, failed_rows: list[dict[str, Any]] | None = None,
+                 run_dir: Path | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed_rows: list[dict[str, Any]] = failed_rows or []
+        self.run_dir = run_dir
+
+    @classmethod
+    def from_leaf_files(cls, leaf_files: dict[str, list[Path]], failed_rows: list[dict[str, Any]],
+                        run_dir: Path | None = None) -> Distiset:
+        from datasets import DatasetDict
+
+        single = len(leaf_files) == 1
+        result = cls(failed_rows=failed_rows, run_dir=run_dir)
+        for leaf, files in leaf_files.items():
+            result["default" if single else leaf] = DatasetDict({"train": _dataset_from_parquet(files)})
+        return result
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.run_dir / "pipeline.log" if self.run_dir else None
+
+    def save_to_disk(self, path: str | Path) -> None:
+        """Each leaf's DatasetDict in its own folder, the failed rows beside them."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        for name, dataset_dict in self.items():
+            dataset_dict.save_to_disk(str(path / name))
+        with (path / FAILED_ROWS_FILE).open("w", encoding="utf-8") as fh:
+            for entry in self.failed_rows:
+                fh.write(json.dumps(entry, default=repr) + "\n")
+        (path / "distiset.json").write_text(json.dumps({"leaves": list(self)}))
+
+    @classmethod
+    def load_from_disk(cls, path: str | Path) -> Distiset:
+        from datasets import load_from_disk
+
+        path = Path(path)
+        leaves = json.loads((path / "distiset.json").read_text())["leaves"]
+        failed: list[dict[str, Any]] = []
+        failed_file = path / FAILED_ROWS_FILE
+        if failed_file.exists():
+            failed = [json.loads(line) for line in failed_file.read_text().splitlines() if line]
+        return cls({leaf: load_from_disk(str(path / leaf)) for leaf in leaves}, failed_rows=failed)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(
+            f"{name!r}: {ds['train'].num_rows} rows {ds['train'].column_names}"
+            for name, ds in self.items()
+        )
+        failed = f", failed_rows={len(self.failed_rows)}" if self.failed_rows else ""
+        return f"Distiset({{{inner}}}{failed})"

@@ -1,0 +1,192 @@
+"""The error model shared by every layer.
+
+Exceptions never cross a process boundary as live objects: a worker turns them into an
+:class:`ErrorRecord` (plain data), and the coordinator turns the record back into the
+original exception when it round-trips, or into a faithful stand-in when it does not.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class SynthpipeError(Exception):
+    """Base class of every error synthpipe raises on its own."""
+
+
+class PipelineDefinitionError(SynthpipeError, ValueError):
+    """A pipeline was built wrongly (raised at once, while it is being defined)."""
+
+
+class PipelineValidationError(SynthpipeError, ValueError):
+    """A pipeline cannot run; lists every problem found, before any worker starts."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        listing = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"the pipeline cannot run ({len(self.problems)} problem(s)):\n{listing}")
+
+
+class RemoteTraceback(Exception):
+    """Carries the worker-side traceback text, shown as the cause of the original error."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"\n\nTraceback in the worker process:\n{self.text.rstrip()}\n"
+
+
+class RemoteError(SynthpipeError):
+    """Stand-in for an exception that could not be brought back from a worker.
+
+    Subclasses are created on the fly with the original's module and qualname, so the
+    user still reads ``mymodule.MyError: message`` in the traceback.
+    """
+
+    type_name: str = "Exception"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+_standin_classes: dict[str, type[RemoteError]] = {}
+
+
+def _standin_class(type_name: str) -> type[RemoteError]:
+    cls = _standin_classes.get(type_name)
+    if cls is None:
+        module, _, qualname = type_name.rpartition(".")
+        cls = type(qualname.rpartition(".")[2] or "RemoteError", (RemoteError,), {})
+        cls.__qualname__ = qualname
+        cls.__module__ = module or "builtins"
+        cls.type_name = type_name
+        _standin_classes[type_name] = cls
+    return cls
+
+
+def _type_name(exc_type: type) -> str:
+    module = exc_type.__module__
+    if module in ("builtins", "__main__", "__mp_main__"):
+        return exc_type.__qualname__
+    return f"{module}.{exc_type.__qualname__}"
+
+
+@dataclass
+class ErrorRecord:
+    """Plain-data description of an exception raised in a worker."""
+
+    type_name: str
+    message: str
+    traceback: str
+    step: str | None = None
+    replica: int | None = None
+    batch: int | None = None
+    rows: tuple[int, int] | None = None
+    phase: str = "process"
+    original: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, **where: Any) -> ErrorRecord:
+        """Describe ``exc``; keep its pickle only when it survives a round trip here."""
+        return cls(
+            type_name=_type_name(type(exc)),
+            message=str(exc),
+            traceback="".join(traceback.format_exception(exc)),
+            original=_round_trip(exc),
+            **where,
+        )
+
+    @classmethod
+    def from_message(cls, type_name: str, message: str, **where: Any) -> ErrorRecord:
+        """An error that is not an exception in the worker (a crash, a timeout)."""
+        return cls(type_name=type_name, message=message, traceback="", **where)
+
+    def location(self) -> str:
+        parts = [f"step '{self.step}'"]
+        if self.replica is not None:
+            parts.append(f"replica {self.replica}")
+        if self.phase == "load":
+            parts.append("in load()")
+        if self.batch is not None:
+            parts.append(f"batch {self.batch}")
+        if self.rows is not None:
+            parts.append(f"rows {self.rows[0]}–{self.rows[1]}")
+        return ", ".join(parts)
+
+    def headline(self) -> str:
+        return f"{self.type_name}: {self.message}" if self.message else self.type_name
+
+    def to_exception(self) -> BaseException:
+        """The original exception when it round-trips, otherwise a stand-in of the same name.
+
+        Either way its ``__cause__`` is the worker's traceback text, so the user's own
+        frames show up when the error is printed.
+        """
+        exc: BaseException | None = None
+        if self.original is not None:
+            try:
+                exc = pickle.loads(self.original)
+            except Exception:
+                exc = None
+        if exc is None:
+            exc = _standin_class(self.type_name)(self.message)
+        if self.traceback:
+            exc.__cause__ = RemoteTraceback(self.traceback)
+        return exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type_name,
+            "message": self.message,
+            "traceback": self.traceback,
+            "step": self.step,
+            "replica": self.replica,
+            "batch": self.batch,
+            "rows": list(self.rows) if self.rows else None,
+            "phase": self.phase,
+        }
+
+
+def _round_trip(exc: BaseException) -> bytes | None:
+    try:
+        data = pickle.dumps(exc)
+        pickle.loads(data)
+    except Exception:
+        return None
+    return data
+
+
+class StepFailed(SynthpipeError):
+    """A step failed and its policy stopped the run. ``__cause__`` is the original error."""
+
+    def __init__(self, record: ErrorRecord) -> None:
+        self.record = record
+        super().__init__(f"{record.location()} failed: {record.headline()}")
+
+    @property
+    def step(self) -> str | None:
+        return self.record.step
+
+
+class WorkerDied(SynthpipeError):
+    """A worker process ended without being asked to (crash, kill, ``os._exit``)."""
+
+
+class UnpicklableOutput(SynthpipeError):
+    """A step produced a value that cannot be sent to another process."""
+
+
+def trim_internal_frames(exc: BaseException, package_dir: str) -> BaseException:
+    """Drop the leading traceback frames that are synthpipe's own, so the user's come first."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(package_dir):
+        tb = tb.tb_next
+    if tb is not None:
+        exc.__traceback__ = tb
+    return exc

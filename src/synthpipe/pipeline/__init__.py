@@ -1,0 +1,3 @@
+from synthpipe.pipeline.base import Pipeline
+
+__all__ = ["Pipeline"]

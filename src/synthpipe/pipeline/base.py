@@ -1,0 +1,118 @@
+"""``Pipeline``: a context manager collecting steps and the edges between them."""
+
+from __future__ import annotations
+
+import contextvars
+from typing import TYPE_CHECKING, Any
+
+from synthpipe.errors import PipelineDefinitionError
+from synthpipe.pipeline.dag import DAG
+
+if TYPE_CHECKING:
+    from synthpipe.distiset import Distiset
+    from synthpipe.steps.base import _Step
+
+_current: contextvars.ContextVar[Pipeline | None] = contextvars.ContextVar(
+    "synthpipe_current_pipeline", default=None
+)
+
+
+def current_pipeline() -> Pipeline | None:
+    """The pipeline of the innermost ``with Pipeline(...)`` block, if any."""
+    return _current.get()
+
+
+class Pipeline:
+    """A DAG of steps. Steps created inside ``with Pipeline(...):`` join it on their own.
+
+    ``run()`` starts one worker process per step replica and returns a ``Distiset``.
+    """
+
+    def __init__(
+        self,
+        name: str = "pipeline",
+        description: str | None = None,
+        *,
+        cache_dir: str | None = None,
+        max_rows_in_flight: int = 20_000,
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.cache_dir = cache_dir
+        self.max_rows_in_flight = max_rows_in_flight
+        self.dag = DAG()
+        self._tokens: list[contextvars.Token[Pipeline | None]] = []
+
+    def __enter__(self) -> Pipeline:
+        self._tokens.append(_current.set(self))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _current.reset(self._tokens.pop())
+
+    def __repr__(self) -> str:
+        return f"Pipeline(name={self.name!r}, steps={list(self.dag)})"
+
+    # -- building -------------------------------------------------------------------
+
+    @property
+    def steps(self) -> dict[str, _Step]:
+        return dict(self.dag.nodes)
+
+    def _add_step(self, step: _Step) -> None:
+        if step.name is None:
+            base = step.default_name()
+            index = sum(1 for n in self.dag if n.rsplit("_", 1)[0] == base)
+            while f"{base}_{index}" in self.dag.nodes:
+                index += 1
+            step.name = f"{base}_{index}"
+        elif step.name in self.dag.nodes:
+            raise PipelineDefinitionError(
+                f"pipeline '{self.name}' already has a step named '{step.name}'"
+            )
+        step._pipeline = self
+        self.dag.add_node(step.name, step)
+
+    def _add_edge(self, src: str, dst: str) -> None:
+        if src == dst:
+            raise PipelineDefinitionError(f"step '{src}' cannot feed itself")
+        self.dag.add_edge(src, dst)
+
+    # -- running --------------------------------------------------------------------
+
+    def run(
+        self,
+        parameters: dict[str, dict[str, Any]] | None = None,
+        dataset: Any = None,
+        *,
+        use_cache: bool = True,
+        log_level: str | None = None,
+    ) -> Distiset:
+        """Validate, run every step in worker processes, return the leaf datasets.
+
+        ``parameters`` sets runtime parameters per step name; ``dataset`` (a list of
+        dicts, a ``datasets.Dataset`` or a pandas DataFrame) feeds a pipeline whose
+        first step is not a generator.
+        """
+        from synthpipe.runner import run_pipeline
+
+        return run_pipeline(
+            self, parameters=parameters, dataset=dataset, use_cache=use_cache, log_level=log_level
+        )
+
+    def dry_run(
+        self,
+        parameters: dict[str, dict[str, Any]] | None = None,
+        batch_size: int = 1,
+        dataset: Any = None,
+    ) -> Distiset:
+        """Run one batch of ``batch_size`` rows through the whole pipeline, to try it out."""
+        from synthpipe.runner import run_pipeline
+
+        return run_pipeline(
+            self,
+            parameters=parameters,
+            dataset=dataset,
+            use_cache=False,
+            dry_run_batch_size=batch_size,
+        )

@@ -1,0 +1,111 @@
+"""Runs a pipeline: plan, run directory, logging, executor, result.
+
+``Pipeline.run()`` delegates here (lazily), so the definition layer stays free of the
+process machinery above it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from synthpipe.distiset import Distiset
+from synthpipe.pipeline.plan import Plan, build_plan
+from synthpipe.runtime.local import ExecutorHooks, LocalExecutor
+from synthpipe.runtime.scheduler import Batch, Scheduler, StepSpec
+from synthpipe.store.failed_rows import FailedRowsLedger, read_failed_rows
+from synthpipe.store.leaf_writer import LeafWriter
+from synthpipe.store.run_dir import RunDirectory, structure_signature
+from synthpipe.ui.logs import RunLogging, level_from_env
+from synthpipe.ui.progress import Progress
+
+if TYPE_CHECKING:
+    from synthpipe.errors import ErrorRecord
+    from synthpipe.pipeline.base import Pipeline
+
+logger = logging.getLogger("synthpipe")
+
+
+def step_specs(plan: Plan, dry_run: bool = False) -> list[StepSpec]:
+    specs = []
+    for name in plan.order:
+        step = plan.step(name)
+        size = step.batch_size if step.kind == "generator" else step.input_batch_size
+        specs.append(
+            StepSpec(
+                name=name,
+                kind=step.kind,
+                predecessors=tuple(plan.dag.predecessors(name)),
+                successors=tuple(plan.dag.successors(name)),
+                batch_size=size,
+                replicas=step.resources.replicas,
+                on_error=step.effective_on_error,
+                max_batches=1 if dry_run and step.kind == "generator" else None,
+            )
+        )
+    return specs
+
+
+def _describe(plan: Plan) -> dict[str, Any]:
+    return {
+        name: {"class": f"{type(plan.step(name)).__module__}.{type(plan.step(name)).__qualname__}",
+               "after": plan.dag.predecessors(name)}
+        for name in plan.order
+    }
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    *,
+    parameters: dict[str, dict[str, Any]] | None = None,
+    dataset: Any = None,
+    use_cache: bool = True,
+    log_level: str | int | None = None,
+    dry_run_batch_size: int | None = None,
+) -> Distiset:
+    level = level_from_env(log_level)
+    plan = build_plan(pipeline, parameters, dataset, dry_run_batch_size)
+    run_dir = RunDirectory.create(pipeline.cache_dir, pipeline.name, structure_signature(_describe(plan)))
+    logs = RunLogging(level, run_dir.log_path)
+    leaves = plan.dag.leaves()
+    writer = LeafWriter(run_dir.data_dir, leaves)
+    ledger = FailedRowsLedger(run_dir.failed_rows_path)
+    scheduler = Scheduler(
+        step_specs(plan, dry_run=dry_run_batch_size is not None),
+        max_rows_in_flight=pipeline.max_rows_in_flight,
+    )
+    progress = Progress(scheduler.stats())
+
+    def rows_failed(batch: Batch, error: ErrorRecord) -> None:
+        ledger.record(batch.step, batch.seq, batch.row_start, batch.inputs, error)
+        logger.warning("%s failed, rows skipped: %s", error.location(), error.headline())
+
+    hooks = ExecutorHooks(
+        on_emit=lambda step, seq, rows: writer.write(step, rows),
+        on_rows_failed=rows_failed,
+        on_tick=progress.tick,
+        on_log=logs.worker_line,
+    )
+    executor = LocalExecutor({n: plan.step(n) for n in plan.order}, scheduler, hooks, log_level=level)
+    mode = "dry run of" if dry_run_batch_size is not None else "running"
+    logger.info("synthpipe: %s pipeline '%s' (%d steps); run directory %s",
+                mode, pipeline.name, len(plan.order), run_dir.path)
+    ok = False
+    try:
+        executor.run()
+        writer.close()
+        ok = True
+    finally:
+        progress.stop()
+        ledger.close()
+        status = "finished" if ok else "stopped"
+        logger.info("synthpipe: pipeline '%s' %s\n%s", pipeline.name, status,
+                    "\n".join(progress.summary_lines()))
+        if ledger.count:
+            logger.warning("synthpipe: %d failed row(s) recorded in %s", ledger.count, run_dir.failed_rows_path)
+        logs.close()
+    return Distiset.from_leaf_files(
+        {leaf: writer.files(leaf) for leaf in leaves},
+        read_failed_rows(run_dir.failed_rows_path),
+        run_dir=run_dir.path,
+    )

@@ -1,0 +1,188 @@
+"""The worker process: load one step, then run the batches the coordinator sends.
+
+A worker holds no pipeline state. It reads its pipe on a separate thread, so the
+coordinator's sends never block on a worker busy sending a result (which would deadlock
+two processes each writing to a full pipe). It ignores the terminal's Ctrl+C (the
+coordinator decides when to stop) and dies with its parent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+import synthpipe
+from synthpipe.errors import ErrorRecord, UnpicklableOutput, trim_internal_frames
+from synthpipe.runtime import messages as m
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(synthpipe.__file__)) + os.sep
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """On Linux the kernel kills us when the coordinator dies, even mid-batch."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+class _Channel:
+    """Sends messages to the coordinator from any thread of the worker."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+
+    def send(self, data: bytes) -> None:
+        with self.lock:
+            self.conn.send_bytes(data)
+
+
+class _ForwardingHandler(logging.Handler):
+    """Ships log lines to the coordinator, the only writer of the run's log file."""
+
+    def __init__(self, channel: _Channel) -> None:
+        super().__init__()
+        self.channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.channel.send(m.encode((m.LOG, record.levelno, record.name, self.format(record))))
+        except Exception:  # the coordinator is gone; nothing useful to do
+            pass
+
+
+def _read_inbox(conn: Connection, inbox: queue.SimpleQueue[Any]) -> None:
+    while True:
+        try:
+            inbox.put(m.decode(conn.recv_bytes()))
+        except (EOFError, OSError):
+            inbox.put(None)  # the coordinator is gone: stop
+            return
+
+
+def _index_map(inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> list[int] | None:
+    """Which input row each output row came from (by identity), or None for one-to-one."""
+    positions = {id(row): k for k, row in enumerate(inputs)}
+    mapping: list[int] = []
+    previous = 0
+    matched_all = True
+    for row in outputs:
+        k = positions.get(id(row))
+        if k is None:
+            matched_all = False
+            k = previous
+        previous = k
+        mapping.append(k)
+    if len(outputs) == len(inputs) and (not matched_all or mapping == list(range(len(inputs)))):
+        return None
+    return mapping
+
+
+def _find_unpicklable(rows: list[dict[str, Any]]) -> tuple[int, str, Any] | None:
+    for i, row in enumerate(rows):
+        for column, value in row.items():
+            try:
+                pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                return i, column, value
+    return None
+
+
+def _encode_result(step_name: str, message: tuple[Any, ...], rows: list[dict[str, Any]]) -> bytes:
+    try:
+        return m.encode(message)
+    except Exception as exc:
+        culprit = _find_unpicklable(rows)
+        if culprit is None:
+            raise UnpicklableOutput(
+                f"step '{step_name}' produced output that cannot be sent to another process: {exc}"
+            ) from None
+        row, column, value = culprit
+        raise UnpicklableOutput(
+            f"step '{step_name}' produced a value that cannot be sent to another process: "
+            f"column '{column}' of output row {row} holds a {type(value).__module__}."
+            f"{type(value).__qualname__} ({exc})"
+        ) from None
+
+
+def _record(exc: BaseException, **where: Any) -> ErrorRecord:
+    return ErrorRecord.from_exception(trim_internal_frames(exc, _PACKAGE_DIR), **where)
+
+
+def worker_main(
+    conn: Connection, payload: bytes, step_name: str, replica: int, log_level: int, parent_pid: int
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent_pid)
+    channel = _Channel(conn)
+    handler = _ForwardingHandler(channel)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(log_level)
+
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    threading.Thread(target=_read_inbox, args=(conn, inbox), daemon=True, name="inbox").start()
+
+    try:
+        import cloudpickle  # noqa: F401  (classes pickled by value need it to load)
+
+        step = pickle.loads(payload)
+        step.load()
+    except BaseException as exc:  # noqa: BLE001 - every failure must reach the user
+        channel.send(m.encode((m.LOAD_FAILED, _record(exc, step=step_name, replica=replica, phase="load"))))
+        return
+    channel.send(m.encode((m.READY,)))
+    try:
+        _serve(step, step_name, replica, channel, inbox)
+    finally:
+        try:
+            step.unload()
+        except Exception:
+            logging.getLogger("synthpipe.worker").exception("step '%s': unload() failed", step_name)
+
+
+def _serve(step: Any, step_name: str, replica: int, channel: _Channel, inbox: queue.SimpleQueue[Any]) -> None:
+    generator = None
+    exhausted = False
+    while True:
+        message = inbox.get()
+        if message is None or message[0] == m.STOP:
+            return
+        kind, seq = message[0], message[1]
+        if kind == m.GENERATE:
+            try:
+                if generator is None:
+                    generator = step.generate_applying_mappings(offset=0)
+                rows, last = ([], True) if exhausted else next(generator, ([], True))
+                exhausted = exhausted or last
+                data = _encode_result(step_name, (m.DONE, seq, rows, None, last), rows)
+            except BaseException as exc:  # noqa: BLE001
+                record = _record(exc, step=step_name, replica=replica, batch=seq, phase="generate")
+                data = m.encode((m.FAILED, seq, record))
+            channel.send(data)
+            continue
+        row_start, inputs = message[2], message[3]
+        n = len(inputs[0]) if inputs else 0
+        where = {"step": step_name, "replica": replica, "batch": seq,
+                 "rows": (row_start, row_start + n - 1) if n else None}
+        try:
+            rows = step.process_applying_mappings(*inputs)
+            index_map = _index_map(inputs[0], rows) if len(inputs) == 1 else None
+            data = _encode_result(step_name, (m.DONE, seq, rows, index_map, False), rows)
+        except BaseException as exc:  # noqa: BLE001
+            data = m.encode((m.FAILED, seq, _record(exc, **where)))
+        channel.send(data)

@@ -1,0 +1,27 @@
+"""Step classes, the ``@step`` decorator and built-in steps."""
+
+from synthpipe.steps.base import (
+    GeneratorStep,
+    GeneratorStepOutput,
+    GlobalStep,
+    RuntimeParameter,
+    Step,
+    StepInput,
+    StepOutput,
+    StepResources,
+)
+from synthpipe.steps.decorator import step
+from synthpipe.steps.generators.data import LoadDataFromDicts
+
+__all__ = [
+    "GeneratorStep",
+    "GeneratorStepOutput",
+    "GlobalStep",
+    "LoadDataFromDicts",
+    "RuntimeParameter",
+    "Step",
+    "StepInput",
+    "StepOutput",
+    "StepResources",
+    "step",
+]

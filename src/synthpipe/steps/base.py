@@ -1,0 +1,258 @@
+"""Steps: the units of work of a pipeline, with the names distilabel users know.
+
+A step is a pydantic model (its parameters are validated fields) with a ``process``
+generator. ``Step`` transforms batches of rows, ``GeneratorStep`` produces them and
+``GlobalStep`` receives every row at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Optional, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+from synthpipe.errors import PipelineDefinitionError
+
+if TYPE_CHECKING:
+    from synthpipe.pipeline.base import Pipeline
+
+_T = TypeVar("_T")
+
+
+class _RuntimeParameterMarker:
+    """Marks a field that can be set at ``pipeline.run(parameters=...)`` time."""
+
+    def __repr__(self) -> str:
+        return "RuntimeParameter"
+
+
+RUNTIME_PARAMETER = _RuntimeParameterMarker()
+RuntimeParameter = Annotated[Union[_T, None], RUNTIME_PARAMETER]
+"""``RuntimeParameter[int]``: a field whose value may be given when the pipeline runs."""
+
+StepInput = Annotated[list[dict[str, Any]], "StepInput"]
+"""The rows of one input batch, as a list of dicts (one per row)."""
+
+StepOutput = Iterator[list[dict[str, Any]]]
+GeneratorStepOutput = Iterator[tuple[list[dict[str, Any]], bool]]
+"""A generator step yields ``(rows, is_last_batch)``."""
+
+OnError = Literal["fail", "skip"]
+StepKind = Literal["generator", "normal", "global"]
+
+
+class StepResources(BaseModel):
+    """How many worker processes a step gets (more later: CPUs, GPUs, memory)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(default=1, ge=1)
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def column_spec(columns: Any) -> dict[str, bool]:
+    """Normalise ``inputs``/``outputs`` (a list, or a dict of name -> required) to a dict."""
+    if columns is None:
+        return {}
+    if isinstance(columns, dict):
+        return {str(k): bool(v) for k, v in columns.items()}
+    return {str(c): True for c in columns}
+
+
+class _Step(BaseModel):
+    """What every kind of step shares: a name, resources, mappings and an error policy."""
+
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, validate_assignment=True, extra="forbid"
+    )
+
+    kind: ClassVar[StepKind] = "normal"
+
+    name: Optional[str] = None
+    resources: StepResources = Field(default_factory=StepResources)
+    input_mappings: dict[str, str] = Field(default_factory=dict)
+    output_mappings: dict[str, str] = Field(default_factory=dict)
+    on_error: Optional[OnError] = None
+
+    _pipeline: Any = PrivateAttr(default=None)
+
+    def __init__(self, pipeline: Pipeline | None = None, **data: Any) -> None:
+        super().__init__(**data)
+        from synthpipe.pipeline.base import current_pipeline
+
+        pipeline = pipeline or current_pipeline()
+        if pipeline is not None:
+            pipeline._add_step(self)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_\-]+", value):
+            raise ValueError(
+                f"step name {value!r} may only hold letters, digits, '_' and '-'"
+            )
+        return value
+
+    # -- what users override -------------------------------------------------------------
+
+    @property
+    def inputs(self) -> list[str] | dict[str, bool]:
+        """Columns the step reads (a dict maps a column to whether it is required)."""
+        return []
+
+    @property
+    def outputs(self) -> list[str] | dict[str, bool]:
+        """Columns the step adds or changes."""
+        return []
+
+    def load(self) -> None:
+        """Runs once in the worker process before any batch (open clients, load models)."""
+
+    def unload(self) -> None:
+        """Runs once in the worker process after the last batch."""
+
+    @property
+    def logger(self) -> logging.Logger:
+        return logging.getLogger(f"synthpipe.step.{self.name}")
+
+    # -- what the engine uses ------------------------------------------------------------
+
+    @property
+    def pipeline(self) -> Pipeline | None:
+        return self._pipeline
+
+    def default_name(self) -> str:
+        return _snake_case(type(self).__name__)
+
+    @property
+    def effective_on_error(self) -> OnError:
+        """The policy in force: generators and global steps always stop the run."""
+        if self.kind != "normal":
+            return "fail"
+        return self.on_error or "fail"
+
+    @classmethod
+    def runtime_parameter_names(cls) -> list[str]:
+        return [
+            name
+            for name, info in cls.model_fields.items()
+            if any(m is RUNTIME_PARAMETER for m in info.metadata)
+        ]
+
+    def input_columns(self) -> dict[str, bool]:
+        """Input columns as found in the data, after ``input_mappings``."""
+        return {self.input_mappings.get(c, c): req for c, req in column_spec(self.inputs).items()}
+
+    def output_columns(self) -> list[str]:
+        """Output columns as written to the data, after ``output_mappings``."""
+        return [self.output_mappings.get(c, c) for c in column_spec(self.outputs)]
+
+    def detached(self) -> _Step:
+        """A copy without the pipeline link, fit to ship to a worker process."""
+        clone = self.model_copy()
+        clone._pipeline = None
+        return clone
+
+    # -- connecting steps ----------------------------------------------------------------
+
+    def connect(self, *others: _Step) -> None:
+        for other in others:
+            if not isinstance(other, _Step):
+                raise PipelineDefinitionError(
+                    f"cannot connect step '{self.name}' to {type(other).__name__!r}: not a step"
+                )
+            if self._pipeline is None or other._pipeline is not self._pipeline:
+                raise PipelineDefinitionError(
+                    f"steps '{self.name}' and '{other.name}' are not in the same pipeline; "
+                    "create both inside the same `with Pipeline(...):` block"
+                )
+            self._pipeline._add_edge(self.name, other.name)
+
+    def __rshift__(self, other: Any) -> Any:
+        if isinstance(other, (list, tuple)):
+            self.connect(*other)
+            return other
+        self.connect(other)
+        return other
+
+    def __rrshift__(self, other: Any) -> _Step:
+        if not isinstance(other, (list, tuple)):
+            return NotImplemented
+        for predecessor in other:
+            if not isinstance(predecessor, _Step):
+                raise PipelineDefinitionError(f"cannot connect {predecessor!r} to step '{self.name}'")
+            predecessor.connect(self)
+        return self
+
+    # -- running one batch (called in the worker) ------------------------------------
+
+    def _rename_inputs(self, rows: list[dict[str, Any]], reverse: bool = False) -> None:
+        for step_column, data_column in self.input_mappings.items():
+            src, dst = (step_column, data_column) if reverse else (data_column, step_column)
+            for row in rows:
+                if src in row:
+                    row[dst] = row.pop(src)
+
+    def _rename_outputs(self, rows: list[dict[str, Any]]) -> None:
+        for step_column, data_column in self.output_mappings.items():
+            for row in rows:
+                if step_column in row:
+                    row[data_column] = row.pop(step_column)
+
+
+class Step(_Step):
+    """Transforms batches of rows: ``process(inputs)`` yields the rows to pass on.
+
+    A step with several predecessors receives one list per predecessor,
+    ``process(*inputs)``, aligned by the generator batch the rows came from.
+    """
+
+    input_batch_size: RuntimeParameter[int] = Field(default=50, ge=1)
+
+    def process(self, *inputs: StepInput) -> StepOutput:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must define process()")
+
+    def process_applying_mappings(self, *inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run ``process`` on one batch with column mappings applied; collect all it yields."""
+        for rows in inputs:
+            self._rename_inputs(rows)
+        out: list[dict[str, Any]] = []
+        for chunk in self.process(*inputs):
+            out.extend(chunk)
+        for rows in inputs:
+            self._rename_inputs(rows, reverse=True)
+        self._rename_inputs(out, reverse=True)
+        self._rename_outputs(out)
+        return out
+
+
+class GlobalStep(Step):
+    """Receives every row of its predecessors in one batch (dedup, sort, statistics)."""
+
+    kind: ClassVar[StepKind] = "global"
+
+
+class GeneratorStep(_Step):
+    """Produces rows: ``process(offset)`` yields ``(rows, is_last_batch)``."""
+
+    kind: ClassVar[StepKind] = "generator"
+
+    batch_size: RuntimeParameter[int] = Field(default=50, ge=1)
+
+    def process(self, offset: int = 0) -> GeneratorStepOutput:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must define process()")
+
+    def generate_applying_mappings(self, offset: int = 0) -> Iterator[tuple[list[dict[str, Any]], bool]]:
+        for rows, last in self.process(offset=offset):
+            rows = list(rows)
+            self._rename_outputs(rows)
+            yield rows, bool(last)
+
+
+AnyStep = Union[Step, GlobalStep, GeneratorStep]

@@ -1,0 +1,3 @@
+from synthpipe.steps.generators.data import LoadDataFromDicts
+
+__all__ = ["LoadDataFromDicts"]

@@ -1,0 +1,78 @@
+"""Writes leaf steps' rows to Parquet chunk files as they arrive, so the coordinator's
+memory holds at most one chunk per leaf, not the dataset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from synthpipe.errors import SynthpipeError
+
+
+def rows_to_table(rows: list[dict[str, Any]], step: str) -> Any:
+    import pyarrow as pa
+
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    data = {c: [row.get(c) for row in rows] for c in columns}
+    try:
+        return pa.table(data)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        bad = next((c for c in columns if not _converts(data[c])), None)
+        where = f" column '{bad}'" if bad else ""
+        raise SynthpipeError(
+            f"step '{step}' produced{where} values that do not fit one column type: {exc}"
+        ) from exc
+
+
+def _converts(values: list[Any]) -> bool:
+    import pyarrow as pa
+
+    try:
+        pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
+    return True
+
+
+class LeafWriter:
+    """Buffers a leaf's rows and writes them out in order, ``chunk_rows`` at a time."""
+
+    def __init__(self, data_dir: Path, leaves: list[str], chunk_rows: int = 10_000) -> None:
+        self.data_dir = data_dir
+        self.chunk_rows = chunk_rows
+        self._buffers: dict[str, list[dict[str, Any]]] = {leaf: [] for leaf in leaves}
+        self._files: dict[str, list[Path]] = {leaf: [] for leaf in leaves}
+        self.rows_written: dict[str, int] = dict.fromkeys(leaves, 0)
+
+    def write(self, step: str, rows: list[dict[str, Any]]) -> None:
+        buffer = self._buffers[step]
+        buffer.extend(rows)
+        if len(buffer) >= self.chunk_rows:
+            self._flush(step)
+
+    def close(self) -> None:
+        for step in self._buffers:
+            self._flush(step)
+
+    def files(self, step: str) -> list[Path]:
+        return list(self._files[step])
+
+    def _flush(self, step: str) -> None:
+        import pyarrow.parquet as pq
+
+        rows = self._buffers[step]
+        if not rows:
+            return
+        table = rows_to_table(rows, step)
+        folder = self.data_dir / step
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"part-{len(self._files[step]):05d}.parquet"
+        tmp = final.with_suffix(".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+        self._files[step].append(final)
+        self.rows_written[step] += len(rows)
+        self._buffers[step] = []
