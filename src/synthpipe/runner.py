@@ -76,9 +76,15 @@ def run_pipeline(
     )
     progress = Progress(scheduler.stats())
 
+    warned: set[tuple[str | None, str]] = set()
+
     def rows_failed(batch: Batch, error: ErrorRecord) -> None:
         ledger.record(batch.step, batch.seq, batch.row_start, batch.inputs, error)
-        logger.warning("%s failed, rows skipped: %s", error.location(), error.headline())
+        first = (error.step, error.type_name) not in warned
+        warned.add((error.step, error.type_name))
+        logger.log(logging.WARNING if first else logging.DEBUG, "%s failed, rows skipped%s: %s",
+                   error.location(), "" if not first else " (further ones only in the log file)",
+                   error.headline())
 
     hooks = ExecutorHooks(
         on_emit=lambda step, seq, rows: writer.write(step, rows),
@@ -90,17 +96,18 @@ def run_pipeline(
     mode = "dry run of" if dry_run_batch_size is not None else "running"
     logger.info("synthpipe: %s pipeline '%s' (%d steps); run directory %s",
                 mode, pipeline.name, len(plan.order), run_dir.path)
-    ok = False
+    outcome = "stopped"
     try:
         executor.run()
         writer.close()
-        ok = True
+        outcome = "finished"
+    except BaseException as exc:
+        outcome = f"stopped: {exc}" if str(exc) else f"stopped ({type(exc).__name__})"
+        raise
     finally:
         progress.stop()
         ledger.close()
-        status = "finished" if ok else "stopped"
-        logger.info("synthpipe: pipeline '%s' %s\n%s", pipeline.name, status,
-                    "\n".join(progress.summary_lines()))
+        logger.info("synthpipe: pipeline '%s' %s\n%s", pipeline.name, outcome, "\n".join(progress.summary_lines()))
         if ledger.count:
             logger.warning("synthpipe: %d failed row(s) recorded in %s", ledger.count, run_dir.failed_rows_path)
         logs.close()

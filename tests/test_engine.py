@@ -1,0 +1,149 @@
+"""The user-facing API end to end, with real worker processes."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from datasets import Dataset
+
+from steps_lib import CountAll, Join, KeepEven, Measure, RecordPid, Upper, rows
+from synthpipe.distiset import Distiset
+from synthpipe.pipeline import Pipeline
+from synthpipe.steps import LoadDataFromDicts, StepInput, StepResources, step
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("no_leftover_workers")]
+
+
+def test_issue_example_runs_and_keeps_order():
+    with Pipeline(name="demo") as pipeline:
+        load = LoadDataFromDicts(data=rows(10_000), batch_size=100)
+        measure = Measure(input_batch_size=50)
+        load >> measure
+    distiset = pipeline.run()
+    train = distiset["default"]["train"]
+    assert train.num_rows == 10_000
+    assert train[0] == {"instruction": "q0", "length": 2}
+    assert train["instruction"] == [f"q{i}" for i in range(10_000)]
+    assert train[9_999]["length"] == len("q9999")
+
+
+def test_step_names_are_inferred_and_unique():
+    with Pipeline():
+        a = Measure()
+        b = Measure()
+        c = Upper(name="shout")
+    assert (a.name, b.name, c.name) == ("measure_0", "measure_1", "shout")
+
+
+def test_replicas_run_in_separate_processes_and_keep_order():
+    with Pipeline(name="replicas") as pipeline:
+        load = LoadDataFromDicts(data=rows(600), batch_size=20)
+        where = RecordPid(input_batch_size=10, delay=0.05, resources=StepResources(replicas=3))
+        load >> where
+    train = pipeline.run()["default"]["train"]
+    assert train["instruction"] == [f"q{i}" for i in range(600)]
+    assert len(set(train["pid"])) == 3
+
+
+def test_fan_out_and_join_align_rows_in_original_order():
+    with Pipeline(name="join") as pipeline:
+        load = LoadDataFromDicts(data=rows(1_000), batch_size=64)
+        measure = Measure(input_batch_size=30, resources=StepResources(replicas=2))
+        upper = Upper(input_batch_size=7)
+        join = Join(input_batch_size=50)
+        load >> [measure, upper] >> join
+    train = pipeline.run()["default"]["train"]
+    assert train["instruction"] == [f"q{i}" for i in range(1_000)]
+    assert train["upper"] == [f"Q{i}" for i in range(1_000)]
+    assert train["length"] == [len(f"q{i}") for i in range(1_000)]
+
+
+def test_several_leaves_are_keyed_by_step_name():
+    with Pipeline(name="leaves") as pipeline:
+        load = LoadDataFromDicts(data=rows(50), batch_size=10)
+        load >> [Measure(name="m"), KeepEven(name="even")]
+    distiset = pipeline.run()
+    assert sorted(distiset) == ["even", "m"]
+    assert distiset["m"]["train"].num_rows == 50
+    assert distiset["even"]["train"]["instruction"] == [f"q{i}" for i in range(0, 50, 2)]
+
+
+def test_global_step_receives_every_row_at_once():
+    with Pipeline(name="global") as pipeline:
+        load = LoadDataFromDicts(data=rows(333), batch_size=10)
+        load >> KeepEven(input_batch_size=7) >> CountAll() >> Upper()
+    train = pipeline.run()["default"]["train"]
+    assert train.to_list() == [{"instruction": "all", "total": 167, "upper": "ALL"}]
+
+
+def test_runtime_parameters_are_applied():
+    with Pipeline(name="params") as pipeline:
+        load = LoadDataFromDicts(data=rows(20))
+        load >> Measure(name="measure")
+    distiset = pipeline.run(parameters={"measure": {"factor": 10, "input_batch_size": 3},
+                                        load.name: {"batch_size": 4}})
+    assert distiset["default"]["train"]["length"][:2] == [20, 20]
+    # the user's step objects are not changed by a run's parameters
+    assert pipeline.steps["measure"].factor == 1
+
+
+def test_input_and_output_mappings():
+    with Pipeline(name="mappings") as pipeline:
+        load = LoadDataFromDicts(data=[{"prompt": "abc"}, {"prompt": "hello"}])
+        measure = Measure(input_mappings={"instruction": "prompt"}, output_mappings={"length": "n_chars"})
+        load >> measure
+    train = pipeline.run()["default"]["train"]
+    assert train.to_list() == [{"prompt": "abc", "n_chars": 3}, {"prompt": "hello", "n_chars": 5}]
+
+
+@pytest.mark.parametrize("kind", ["list", "dataset", "pandas"])
+def test_run_with_in_memory_dataset(kind):
+    data = rows(25)
+    if kind == "dataset":
+        data = Dataset.from_list(data)
+    elif kind == "pandas":
+        data = Dataset.from_list(data).to_pandas()
+    with Pipeline(name="dataset") as pipeline:
+        Measure(input_batch_size=4)
+    train = pipeline.run(dataset=data)["default"]["train"]
+    assert train["instruction"] == [f"q{i}" for i in range(25)]
+
+
+def test_dry_run_processes_a_single_row():
+    with Pipeline(name="dry") as pipeline:
+        load = LoadDataFromDicts(data=rows(1_000), batch_size=100)
+        load >> Measure() >> Upper()
+    train = pipeline.dry_run()["default"]["train"]
+    assert train.to_list() == [{"instruction": "q0", "length": 2, "upper": "Q0"}]
+
+
+def test_distiset_save_and_load(tmp_path):
+    with Pipeline(name="save") as pipeline:
+        LoadDataFromDicts(data=rows(12), batch_size=5) >> Measure()
+    distiset = pipeline.run()
+    distiset.save_to_disk(tmp_path / "out")
+    again = Distiset.load_from_disk(tmp_path / "out")
+    assert again["default"]["train"].to_list() == distiset["default"]["train"].to_list()
+
+
+@step(inputs=["instruction"], outputs=["instruction"])
+def Chatty(inputs: StepInput):
+    logging.getLogger("synthpipe.step.chatty").info("saw %d rows", len(inputs))
+    yield inputs
+
+
+def test_log_file_in_run_directory_holds_worker_lines():
+    with Pipeline(name="logs") as pipeline:
+        LoadDataFromDicts(data=rows(6), batch_size=3) >> Chatty()
+    distiset = pipeline.run()
+    text = distiset.log_path.read_text()
+    assert "running pipeline 'logs'" in text
+    assert "saw 6 rows" in text
+
+
+def test_filter_that_drops_everything_still_finishes():
+    with Pipeline(name="empty") as pipeline:
+        LoadDataFromDicts(data=[{"instruction": "q1"}, {"instruction": "q3"}]) >> KeepEven() >> Upper()
+    train = pipeline.run()["default"]["train"]
+    assert train.num_rows == 0
