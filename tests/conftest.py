@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 
 
-def child_pids(parent: int | None = None) -> list[int]:
-    """Live (not zombie) children of this process, except multiprocessing's resource tracker."""
-    parent = parent or os.getpid()
+def _processes() -> list[tuple[int, int, str, bytes]]:
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -20,10 +18,22 @@ def child_pids(parent: int | None = None) -> list[int]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        state, ppid = fields[0], int(fields[1])
-        if ppid == parent and state != "Z" and b"resource_tracker" not in cmdline:
-            found.append(int(entry.name))
+        found.append((int(entry.name), int(fields[1]), fields[0], cmdline))
     return found
+
+
+def child_pids(parent: int | None = None) -> list[int]:
+    """Live (not zombie) worker processes of this process.
+
+    multiprocessing's resource tracker and fork server are helpers, not workers; the
+    fork server's own children (the workers under forkserver) are counted.
+    """
+    parent = parent or os.getpid()
+    procs = _processes()
+    helpers = {pid for pid, ppid, _, cmd in procs
+               if ppid == parent and (b"resource_tracker" in cmd or b"forkserver" in cmd)}
+    return [pid for pid, ppid, state, cmd in procs
+            if state != "Z" and pid not in helpers and (ppid == parent or ppid in helpers)]
 
 
 def wait_no_children(timeout: float = 5.0) -> list[int]:

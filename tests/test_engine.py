@@ -147,3 +147,33 @@ def test_filter_that_drops_everything_still_finishes():
         LoadDataFromDicts(data=[{"instruction": "q1"}, {"instruction": "q3"}]) >> KeepEven() >> Upper()
     train = pipeline.run()["default"]["train"]
     assert train.num_rows == 0
+
+
+def test_forkserver_start_method(monkeypatch):
+    monkeypatch.setenv("SYNTHPIPE_START_METHOD", "forkserver")
+    with Pipeline(name="forkserver") as pipeline:
+        LoadDataFromDicts(data=rows(100), batch_size=10) >> Measure(input_batch_size=7) >> Upper()
+    train = pipeline.run()["default"]["train"]
+    assert train["upper"] == [f"Q{i}" for i in range(100)]
+
+
+def test_backpressure_bounds_rows_held_by_the_coordinator(monkeypatch):
+    """A fast generator feeding a slow step: rows held stay near the bound, not the dataset."""
+    from synthpipe.runtime.scheduler import Scheduler
+
+    peak = {"rows": 0}
+    original = Scheduler._advance
+
+    def observed(self):
+        actions = original(self)
+        peak["rows"] = max(peak["rows"], self.rows_held())
+        return actions
+
+    monkeypatch.setattr(Scheduler, "_advance", observed)
+    with Pipeline(name="backpressure", max_rows_in_flight=300) as pipeline:
+        load = LoadDataFromDicts(data=rows(5_000), batch_size=50)
+        load >> RecordPid(input_batch_size=50, delay=0.01)
+    train = pipeline.run()["default"]["train"]
+    assert train.num_rows == 5_000
+    # the bound plus one generator batch per outstanding request (2)
+    assert peak["rows"] <= 300 + 2 * 50, peak

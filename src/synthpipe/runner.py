@@ -59,7 +59,6 @@ def run_pipeline(
     *,
     parameters: dict[str, dict[str, Any]] | None = None,
     dataset: Any = None,
-    use_cache: bool = True,
     log_level: str | int | None = None,
     dry_run_batch_size: int | None = None,
 ) -> Distiset:

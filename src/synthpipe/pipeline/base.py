@@ -85,7 +85,6 @@ class Pipeline:
         parameters: dict[str, dict[str, Any]] | None = None,
         dataset: Any = None,
         *,
-        use_cache: bool = True,
         log_level: str | None = None,
     ) -> Distiset:
         """Validate, run every step in worker processes, return the leaf datasets.
@@ -97,7 +96,7 @@ class Pipeline:
         from synthpipe.runner import run_pipeline
 
         return run_pipeline(
-            self, parameters=parameters, dataset=dataset, use_cache=use_cache, log_level=log_level
+            self, parameters=parameters, dataset=dataset, log_level=log_level
         )
 
     def dry_run(
@@ -113,6 +112,5 @@ class Pipeline:
             self,
             parameters=parameters,
             dataset=dataset,
-            use_cache=False,
             dry_run_batch_size=batch_size,
         )

@@ -116,14 +116,26 @@ class LocalExecutor:
             raise StepFailed(record) from record.to_exception()
 
     def _start_workers(self) -> None:
+        """Start every worker with SIGINT blocked, so a Ctrl+C typed while a worker is still
+        importing never reaches it: the mask is inherited, and the worker ignores SIGINT before
+        unblocking it. The coordinator alone decides what a Ctrl+C means."""
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self._spawn_all()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def _spawn_all(self) -> None:
         ctx = mp.get_context(self.start_method)
+        # Under forkserver the workers' parent is the fork server, not this process.
+        parent_pid = os.getpid() if self.start_method == "spawn" else 0
         for name, step in self.steps.items():
             payload = cloudpickle.dumps(step)
             for replica in range(step.resources.replicas):
                 parent_conn, child_conn = ctx.Pipe(duplex=True)
                 process = ctx.Process(
                     target=worker_main,
-                    args=(child_conn, payload, name, replica, self.log_level, os.getpid()),
+                    args=(child_conn, payload, name, replica, self.log_level, parent_pid),
                     name=f"synthpipe:{name}:{replica}",
                     daemon=True,
                 )

@@ -148,26 +148,20 @@ class _StepState:
     finished: bool = False
     last_seq: int | None = None  # generators: seq of the final batch, once known
     workers: dict[int, int] = field(default_factory=dict)  # ready replica -> outstanding
+    held: int = 0  # rows this step holds: buffered, queued, running or unreleased
     stats: StepStats = field(default_factory=StepStats)
 
     def pending_origin(self) -> float:
         """Smallest origin of any row this step holds (buffered, queued, running, unreleased)."""
         low = min((o[0] for o in self.buffer_origins if o), default=math.inf)
-        for batch in self.ready:
-            low = min(low, batch.min_origin)
+        if self.ready:  # formed in order from ordered streams: the first holds the lowest
+            low = min(low, self.ready[0].min_origin)
         for batch, _ in self.in_flight.values():
             if batch is not None:
                 low = min(low, batch.min_origin)
         for out in self.completed.values():
             low = min(low, out.min_origin)
         return low
-
-    def rows_held(self) -> int:
-        held = sum(len(b) for b in self.buffers)
-        held += sum(b.size for b in self.ready)
-        held += sum(b.size for b, _ in self.in_flight.values() if b is not None)
-        held += sum(len(o.rows) for o in self.completed.values())
-        return held
 
 
 class Scheduler:
@@ -215,7 +209,17 @@ class Scheduler:
 
     def rows_held(self) -> int:
         """Rows held in memory anywhere, except those gathered by global steps (all, by design)."""
-        return sum(st.rows_held() for st in self.states.values() if st.spec.kind != "global")
+        return sum(st.held for st in self.states.values() if st.spec.kind != "global")
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the running counts disagree with a recount (for tests)."""
+        for name, st in self.states.items():
+            recount = sum(len(b) for b in st.buffers) + sum(b.size for b in st.ready)
+            recount += sum(b.size for b, _ in st.in_flight.values() if b is not None)
+            recount += sum(len(o.rows) for o in st.completed.values())
+            assert st.held == recount, f"{name}: held {st.held} != {recount}"
+            capacity = 1 if st.spec.kind == "global" else self.worker_capacity
+            assert all(0 <= n <= capacity for n in st.workers.values()), f"{name}: {st.workers}"
 
     # -- events ---------------------------------------------------------------------------
 
@@ -248,11 +252,13 @@ class Scheduler:
             if last or (st.spec.max_batches is not None and seq + 1 >= st.spec.max_batches):
                 st.last_seq = seq
             st.completed[seq] = _Output(rows, [seq] * len(rows), seq)
+            st.held += len(rows)
             st.stats.rows_out += len(rows)
             st.stats.batches += 1
             return self._advance()
         assert batch is not None
         st.completed[seq] = _Output(rows, _output_origins(st.spec, batch, rows, index_map), batch.min_origin)
+        st.held += len(rows) - batch.size
         st.stats.rows_in += batch.size
         st.stats.rows_out += len(rows)
         st.stats.batches += 1
@@ -267,6 +273,7 @@ class Scheduler:
         if batch is None or st.spec.kind != "normal" or st.spec.on_error == "fail":
             return self._fail(error)
         st.completed[seq] = _Output([], [], batch.min_origin)
+        st.held -= batch.size
         st.stats.rows_in += batch.size
         st.stats.rows_failed += batch.size
         st.stats.batches += 1
@@ -321,6 +328,7 @@ class Scheduler:
             seq = st.next_release
             out = st.completed.pop(seq)
             st.next_release += 1
+            st.held -= len(out.rows)
             released = True
             if not st.spec.successors:
                 actions.append(Emit(st.spec.name, seq, out.rows))
@@ -329,6 +337,7 @@ class Scheduler:
                 index = target.spec.predecessors.index(st.spec.name)
                 target.buffers[index].extend(out.rows)
                 target.buffer_origins[index].extend(out.origins)
+                target.held += len(out.rows)
         return released
 
     def _preds_finished(self, st: _StepState) -> bool:

@@ -28,14 +28,17 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """On Linux the kernel kills us when the coordinator dies, even mid-batch."""
+    """On Linux the kernel kills us when our parent dies, even mid-batch.
+
+    ``parent_pid`` is the coordinator's pid when it is our parent (spawn), else 0.
+    """
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         except (OSError, AttributeError):
             pass
-    if os.getppid() != parent_pid:
-        os._exit(1)
+    if parent_pid and os.getppid() != parent_pid:
+        os._exit(1)  # the coordinator died before the line above took effect
 
 
 class _Channel:
@@ -126,13 +129,16 @@ def worker_main(
     conn: Connection, payload: bytes, step_name: str, replica: int, log_level: int, parent_pid: int
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _die_with_parent(parent_pid)
     channel = _Channel(conn)
     handler = _ForwardingHandler(channel)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(log_level)
+    # Other libraries only speak up for warnings; synthpipe and the steps at the run's level.
+    root.setLevel(max(log_level, logging.WARNING))
+    logging.getLogger("synthpipe").setLevel(log_level)
 
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
     threading.Thread(target=_read_inbox, args=(conn, inbox), daemon=True, name="inbox").start()

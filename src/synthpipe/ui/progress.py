@@ -39,7 +39,8 @@ class Progress:
         for column in ("step", "rows in", "rows out", "rate", "failed"):
             table.add_column(column, justify="left" if column == "step" else "right")
         for name, st in self.stats.items():
-            table.add_row(name, f"{st.rows_in:,}", f"{st.rows_out:,}", _rate(st.rows_out, elapsed),
+            rows_in = "" if st.rows_in == 0 and st.rows_out else f"{st.rows_in:,}"  # generators
+            table.add_row(name, rows_in, f"{st.rows_out:,}", _rate(st.rows_out, elapsed),
                           f"{st.rows_failed:,}" if st.rows_failed else "")
         return table
 
