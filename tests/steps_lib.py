@@ -163,3 +163,17 @@ class FailingGlobal(GlobalStep):
 
 def rows(n: int) -> list[dict[str, Any]]:
     return [{"instruction": f"q{i}"} for i in range(n)]
+
+
+@step(inputs=["instruction"], outputs=["instruction"])
+def RebuildEven(inputs: StepInput):
+    """Filters by building new dicts (the engine cannot trace these rows by identity)."""
+    yield [{"instruction": row["instruction"]} for row in inputs if int(row["instruction"][1:]) % 2 == 0]
+
+
+@step(inputs=["instruction"], outputs=["left", "right"])
+def CollectBranches(*inputs: StepInput):
+    """One row per join batch, listing the row numbers each branch delivered."""
+    left, right = inputs
+    yield [{"left": [int(r["instruction"][1:]) for r in left],
+            "right": [int(r["instruction"][1:]) for r in right]}]

@@ -7,7 +7,7 @@ import logging
 import pytest
 from datasets import Dataset
 
-from steps_lib import CountAll, Join, KeepEven, Measure, RecordPid, Upper, rows
+from steps_lib import CollectBranches, CountAll, Join, KeepEven, Measure, RebuildEven, RecordPid, Upper, rows
 from synthpipe.distiset import Distiset
 from synthpipe.pipeline import Pipeline
 from synthpipe.steps import LoadDataFromDicts, StepInput, StepResources, step
@@ -177,3 +177,16 @@ def test_backpressure_bounds_rows_held_by_the_coordinator(monkeypatch):
     assert train.num_rows == 5_000
     # the bound plus one generator batch per outstanding request (2)
     assert peak["rows"] <= 300 + 2 * 50, peak
+
+
+def test_join_stays_aligned_when_a_branch_rebuilds_and_filters_rows():
+    with Pipeline(name="join-filter") as pipeline:
+        load = LoadDataFromDicts(data=rows(95), batch_size=10)
+        load >> [Upper(input_batch_size=3), RebuildEven(input_batch_size=4)] >> CollectBranches()
+    train = pipeline.run()["default"]["train"]
+    groups = train.to_list()
+    assert len(groups) == 10
+    for k, group in enumerate(groups):
+        expected = list(range(10 * k, min(10 * k + 10, 95)))
+        assert group["left"] == expected
+        assert group["right"] == [i for i in expected if i % 2 == 0]

@@ -214,8 +214,8 @@ class LocalExecutor:
             worker.ready = True
             return self._apply(sched.worker_ready(worker.step, worker.replica))
         if kind == m.DONE:
-            _, seq, rows, index_map, last = message
-            return self._apply(sched.batch_done(worker.step, worker.replica, seq, rows, index_map, last))
+            _, seq, rows, last = message
+            return self._apply(sched.batch_done(worker.step, worker.replica, seq, rows, last))
         if kind == m.FAILED:
             return self._apply(sched.batch_failed(worker.step, worker.replica, message[1], message[2]))
         if kind == m.LOAD_FAILED:

@@ -2,7 +2,7 @@
 
 coordinator -> worker:  ("batch", seq, row_start, inputs) | ("generate", seq) | ("stop",)
 worker -> coordinator:  ("ready",) | ("load_failed", record)
-                        | ("done", seq, rows, index_map, last) | ("failed", seq, record)
+                        | ("done", seq, rows, last) | ("failed", seq, record)
                         | ("log", levelno, logger_name, text)
 """
 

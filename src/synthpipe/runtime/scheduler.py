@@ -11,11 +11,16 @@ Terms:
   Outputs are released downstream strictly in seq order, whatever order workers finish in.
 - *origin*: for each row, the seq of the generator (or global step) batch it descends from.
   Streams are ordered by origin, so a step can tell when a branch has delivered every row of
-  an origin (its *watermark*) and a join can align its branches origin by origin.
+  an origin (its *watermark*) and a join can align its branches origin by origin. Steps on the
+  way to a join never put rows of two origins in one batch, so whatever rows a step returns
+  (filtered, rebuilt, expanded) their origin is exact.
+- *finished*: a step is finished once its predecessors are and it holds nothing more; that is
+  the whole last-batch protocol (a generator reports its last batch itself).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -50,7 +55,6 @@ class Batch:
     inputs: list[list[Row]]
     origins: list[list[int]]
     row_start: int = 0
-    last: bool = False
 
     @property
     def size(self) -> int:
@@ -186,6 +190,7 @@ class Scheduler:
         }
         self.max_rows_in_flight = max_rows_in_flight
         self.worker_capacity = worker_capacity
+        self.split_at_origin = _feeders_of_joins(self.specs)
         self.failed: ErrorRecord | None = None
         self.done = False
 
@@ -238,7 +243,6 @@ class Scheduler:
         replica: int,
         seq: int,
         rows: list[Row],
-        index_map: list[int] | None = None,
         last: bool = False,
     ) -> list[Action]:
         if self._stopped():
@@ -257,7 +261,8 @@ class Scheduler:
             st.stats.batches += 1
             return self._advance()
         assert batch is not None
-        st.completed[seq] = _Output(rows, _output_origins(st.spec, batch, rows, index_map), batch.min_origin)
+        origin = 0 if st.spec.kind == "global" else int(batch.min_origin) if batch.size else 0
+        st.completed[seq] = _Output(rows, [origin] * len(rows), batch.min_origin)
         st.held += len(rows) - batch.size
         st.stats.rows_in += batch.size
         st.stats.rows_out += len(rows)
@@ -388,7 +393,7 @@ class Scheduler:
                 st.buffers = [[] for _ in spec.predecessors]
                 st.buffer_origins = [[] for _ in spec.predecessors]
                 return False
-            self._queue(st, st.buffers, st.buffer_origins, last=True)
+            self._queue(st, st.buffers, st.buffer_origins)
             st.buffers = [[] for _ in spec.predecessors]
             st.buffer_origins = [[] for _ in spec.predecessors]
             return True
@@ -400,17 +405,30 @@ class Scheduler:
         size = st.spec.batch_size
         rows, origins = st.buffers[0], st.buffer_origins[0]
         upstream_done = self._preds_finished(st)
+        split = st.spec.name in self.split_at_origin
         formed = False
         start = 0
-        while len(rows) - start >= size or (upstream_done and len(rows) > start):
+        while True:
             end = min(start + size, len(rows))
-            self._queue(st, [rows[start:end]], [origins[start:end]], last=upstream_done and end == len(rows))
+            if split and end > start and origins[end - 1] != origins[start]:
+                end = bisect.bisect_right(origins, origins[start], start, end)
+            elif end - start < size and not upstream_done:
+                # A short group can go once upstream has delivered all of its origin.
+                if not (split and end > start and self._upstream_complete(st, origins[start])):
+                    break
+            if end <= start:
+                break
+            self._queue(st, [rows[start:end]], [origins[start:end]])
             start = end
             formed = True
         if start:
             del rows[:start]
             del origins[:start]
         return formed
+
+    def _upstream_complete(self, st: _StepState, origin: int) -> bool:
+        memo: dict[str, float] = {}
+        return min(self._watermark(p, memo) for p in st.spec.predecessors) >= origin
 
     def _form_joined(self, st: _StepState) -> bool:
         """One batch per origin, once every branch has delivered all of that origin's rows."""
@@ -432,12 +450,12 @@ class Scheduler:
                 origins.append(orig[:n])
                 del rows[:n]
                 del orig[:n]
-            self._queue(st, inputs, origins, last=False)
+            self._queue(st, inputs, origins)
             formed = True
         return formed
 
-    def _queue(self, st: _StepState, inputs: list[list[Row]], origins: list[list[int]], last: bool) -> None:
-        batch = Batch(st.spec.name, st.next_seq, inputs, origins, st.rows_batched, last)
+    def _queue(self, st: _StepState, inputs: list[list[Row]], origins: list[list[int]]) -> None:
+        batch = Batch(st.spec.name, st.next_seq, inputs, origins, st.rows_batched)
         st.next_seq += 1
         st.rows_batched += len(inputs[0]) if inputs else 0
         st.ready.append(batch)
@@ -456,6 +474,9 @@ class Scheduler:
     def _request_generation(self, actions: list[Action]) -> None:
         stalled = not any(st.in_flight or st.ready for st in self.states.values())
         held = self.rows_held()
+        for st in self.states.values():  # rows already asked of every generator
+            if st.spec.kind == "generator":
+                held += st.spec.batch_size * sum(1 for b, _ in st.in_flight.values() if b is None)
         for name in self.order:
             st = self.states[name]
             spec = st.spec
@@ -466,10 +487,10 @@ class Scheduler:
                     break
                 if spec.max_batches is not None and st.next_seq >= spec.max_batches:
                     break
-                asked = sum(1 for b, _ in st.in_flight.values() if b is None) * spec.batch_size
-                if held + asked + spec.batch_size > self.max_rows_in_flight and not stalled:
+                if held + spec.batch_size > self.max_rows_in_flight and not stalled:
                     break
                 stalled = False  # one batch is enough to get moving again
+                held += spec.batch_size
                 seq = st.next_seq
                 st.next_seq += 1
                 st.workers[0] += 1
@@ -477,24 +498,15 @@ class Scheduler:
                 actions.append(Generate(name, 0, seq))
 
 
-def _output_origins(
-    spec: StepSpec, batch: Batch, rows: list[Row], index_map: list[int] | None
-) -> list[int]:
-    """Origins of a batch's output rows, kept non-decreasing so streams stay ordered."""
-    if not rows:
-        return []
-    if spec.kind == "global":
-        return [0] * len(rows)
-    if len(batch.origins) != 1:  # a join batch holds a single origin
-        return [int(batch.min_origin)] * len(rows)
-    source = batch.origins[0]
-    if index_map is None:
-        if len(rows) == len(source):
-            return list(source)
-        index_map = [0] * len(rows)
-    out: list[int] = []
-    running = source[0] if source else 0
-    for k in index_map:
-        running = max(running, source[k])
-        out.append(running)
-    return out
+def _feeders_of_joins(specs: dict[str, StepSpec]) -> set[str]:
+    """Steps whose rows reach a join without passing a global step: they must keep origins exact."""
+    feeders: set[str] = set()
+    todo = [p for s in specs.values() if s.kind == "normal" and len(s.predecessors) > 1 for p in s.predecessors]
+    while todo:
+        name = todo.pop()
+        spec = specs[name]
+        if name in feeders or spec.kind != "normal":
+            continue
+        feeders.add(name)
+        todo.extend(spec.predecessors)
+    return feeders

@@ -76,24 +76,6 @@ def _read_inbox(conn: Connection, inbox: queue.SimpleQueue[Any]) -> None:
             return
 
 
-def _index_map(inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> list[int] | None:
-    """Which input row each output row came from (by identity), or None for one-to-one."""
-    positions = {id(row): k for k, row in enumerate(inputs)}
-    mapping: list[int] = []
-    previous = 0
-    matched_all = True
-    for row in outputs:
-        k = positions.get(id(row))
-        if k is None:
-            matched_all = False
-            k = previous
-        previous = k
-        mapping.append(k)
-    if len(outputs) == len(inputs) and (not matched_all or mapping == list(range(len(inputs)))):
-        return None
-    return mapping
-
-
 def _find_unpicklable(rows: list[dict[str, Any]]) -> tuple[int, str, Any] | None:
     for i, row in enumerate(rows):
         for column, value in row.items():
@@ -175,7 +157,7 @@ def _serve(step: Any, step_name: str, replica: int, channel: _Channel, inbox: qu
                     generator = step.generate_applying_mappings(offset=0)
                 rows, last = ([], True) if exhausted else next(generator, ([], True))
                 exhausted = exhausted or last
-                data = _encode_result(step_name, (m.DONE, seq, rows, None, last), rows)
+                data = _encode_result(step_name, (m.DONE, seq, rows, last), rows)
             except BaseException as exc:  # noqa: BLE001
                 record = _record(exc, step=step_name, replica=replica, batch=seq, phase="generate")
                 data = m.encode((m.FAILED, seq, record))
@@ -187,8 +169,7 @@ def _serve(step: Any, step_name: str, replica: int, channel: _Channel, inbox: qu
                  "rows": (row_start, row_start + n - 1) if n else None}
         try:
             rows = step.process_applying_mappings(*inputs)
-            index_map = _index_map(inputs[0], rows) if len(inputs) == 1 else None
-            data = _encode_result(step_name, (m.DONE, seq, rows, index_map, False), rows)
+            data = _encode_result(step_name, (m.DONE, seq, rows, False), rows)
         except BaseException as exc:  # noqa: BLE001
             data = m.encode((m.FAILED, seq, _record(exc, **where)))
         channel.send(data)
