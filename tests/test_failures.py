@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from steps_lib import Explode, FailingGenerator, FailingGlobal, LockError, Measure, Misbehave, NeedsTwoArgs, rows
-from synthpipe.errors import RemoteError, RemoteTraceback, StepFailed
+from synthpipe.errors import RemoteError, RemoteTraceback, StepFailed, WorkerDied
 from synthpipe.pipeline import Pipeline
 from synthpipe.steps import LoadDataFromDicts
 
@@ -108,6 +108,7 @@ def test_global_step_ignores_skip_policy():
 def test_worker_exit_is_reported_with_exit_code_and_batch():
     err = _run_failing(_misbehaving("exit", at="q5"))
     assert "step 'bad' replica 0 died (exit code 3) while processing batch 2, rows 4–5" in str(err)
+    assert type(err.__cause__) is WorkerDied and err.record.batch == 2
 
 
 def test_worker_segfault_is_reported_as_sigsegv():

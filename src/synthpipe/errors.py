@@ -104,8 +104,14 @@ class ErrorRecord:
 
     @classmethod
     def from_message(cls, type_name: str, message: str, **where: Any) -> ErrorRecord:
-        """An error that is not an exception in the worker (a crash, a timeout)."""
+        """An error known only by its name and message."""
         return cls(type_name=type_name, message=message, traceback="", **where)
+
+    @classmethod
+    def from_diagnosis(cls, exc: SynthpipeError, **where: Any) -> ErrorRecord:
+        """An error the engine diagnosed itself (a crash, a timeout): no worker traceback."""
+        return cls(type_name=_type_name(type(exc)), message=str(exc), traceback="",
+                   original=_round_trip(exc), **where)
 
     def location(self) -> str:
         parts = [f"step '{self.step}'"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import cloudpickle
 
-from synthpipe.errors import ErrorRecord, StepFailed
+from synthpipe.errors import ErrorRecord, StepFailed, WorkerDied
 from synthpipe.runtime import messages as m
 from synthpipe.runtime.scheduler import (
     Action,
@@ -183,8 +183,8 @@ class LocalExecutor:
         worker.exited = True
         how = describe_exit(worker.process.exitcode)
         if not worker.ready:
-            record = ErrorRecord.from_message(
-                "WorkerDied", f"step '{worker.step}' replica {worker.replica} died ({how}) while loading",
+            record = ErrorRecord.from_diagnosis(
+                WorkerDied(f"step '{worker.step}' replica {worker.replica} died ({how}) while loading"),
                 step=worker.step, replica=worker.replica, phase="load")
             return self._apply(self.scheduler.worker_died(worker.step, worker.replica, record))
         batch = self.scheduler.batch_on(worker.step, worker.replica)
@@ -199,8 +199,8 @@ class LocalExecutor:
         else:
             doing = " while idle"
             where = {}
-        record = ErrorRecord.from_message(
-            "WorkerDied", f"step '{worker.step}' replica {worker.replica} died ({how}){doing}",
+        record = ErrorRecord.from_diagnosis(
+            WorkerDied(f"step '{worker.step}' replica {worker.replica} died ({how}){doing}"),
             step=worker.step, replica=worker.replica, **where)
         return self._apply(self.scheduler.worker_died(worker.step, worker.replica, record))
 
