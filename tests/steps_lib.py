@@ -177,3 +177,197 @@ def CollectBranches(*inputs: StepInput):
     left, right = inputs
     yield [{"left": [int(r["instruction"][1:]) for r in left],
             "right": [int(r["instruction"][1:]) for r in right]}]
+
+
+def misbehave(how: str, where: str) -> None:
+    """Fail the way ``how`` says (the crash matrix's columns)."""
+    if how == "raise_":
+        raise RuntimeError("poison row")
+    if how == "raise":
+        raise ValueError(f"fault in {where}")
+    if how == "unpicklable_exception":
+        raise LockError(f"fault in {where}")
+    if how == "unrebuildable_exception":
+        raise NeedsTwoArgs(7, f"fault in {where}")
+    if how == "exit":
+        os._exit(3)
+    if how == "segfault":
+        ctypes.string_at(0)
+    if how == "hang":
+        time.sleep(3600)
+
+
+class FaultyStep(Step):
+    """Fails in ``load`` or ``process`` (on the batch holding ``at``) as ``how`` says."""
+
+    how: str = "raise"
+    where: str = "process"
+    at: str = "q3"
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["instruction"]
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["out"]
+
+    def load(self) -> None:
+        if self.where == "load":
+            misbehave(self.how, "load")
+
+    def process(self, inputs: StepInput):
+        if any(row["instruction"] == self.at for row in inputs):
+            if self.how == "unpicklable_output":
+                inputs[0]["out"] = threading.Lock()
+                yield inputs
+                return
+            misbehave(self.how, "process")
+        for row in inputs:
+            row["out"] = row["instruction"]
+        yield inputs
+
+
+class FaultyGenerator(GeneratorStep):
+    """Yields 10 batches of 5 rows, failing as ``how`` says in ``load`` or at batch 2."""
+
+    how: str = "raise"
+    where: str = "generator"
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["instruction"]
+
+    def load(self) -> None:
+        if self.where == "load":
+            misbehave(self.how, "load")
+
+    def process(self, offset: int = 0):
+        for batch in range(10):
+            rows = [{"instruction": f"q{batch * 5 + i}"} for i in range(5)]
+            if batch == 2:
+                if self.how == "unpicklable_output":
+                    rows[0]["instruction"] = threading.Lock()
+                else:
+                    misbehave(self.how, "generator")
+            yield rows, batch == 9
+
+
+class FaultyGlobal(GlobalStep):
+    how: str = "raise"
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["instruction"]
+
+    def process(self, *inputs: StepInput):
+        if self.how == "unpicklable_output":
+            yield [{"instruction": "all", "lock": threading.Lock()}]
+            return
+        misbehave(self.how, "global step")
+        yield inputs[0]
+
+
+class CrashOnce(Step):
+    """os._exit on the batch holding ``at`` the first time only (a marker file remembers)."""
+
+    marker: str
+    at: str = "q5"
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["instruction"]
+
+    def process(self, inputs: StepInput):
+        if any(row["instruction"] == self.at for row in inputs) and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(9)
+        yield inputs
+
+
+class FlakyStep(Step):
+    """Raises on its first ``failures`` calls for the batch holding ``at`` (counted in a file)."""
+
+    counter: str
+    failures: int = 2
+    at: str = "q5"
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["instruction"]
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["seen"]
+
+    def process(self, inputs: StepInput):
+        if any(row["instruction"] == self.at for row in inputs):
+            with open(self.counter, "a+") as fh:
+                fh.seek(0)
+                calls = len(fh.read())
+                fh.write("x")
+            if calls < self.failures:
+                raise ConnectionError(f"transient failure {calls + 1}")
+        for row in inputs:
+            row["seen"] = row.get("seen", 0) + 1
+        yield inputs
+
+
+class PoisonRows(Step):
+    """Segfaults (or hangs) whenever a batch holds one of the ``poison`` rows."""
+
+    poison: list[str] = ["q13"]
+    how: str = "segfault"
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["instruction"]
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["ok"]
+
+    def process(self, inputs: StepInput):
+        if any(row["instruction"] in self.poison for row in inputs):
+            misbehave(self.how, "process")
+        for row in inputs:
+            row["ok"] = True
+        yield inputs
+
+
+class SlowLoad(Step):
+    seconds: float = 60.0
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["instruction"]
+
+    def load(self) -> None:
+        time.sleep(self.seconds)
+
+    def process(self, inputs: StepInput):
+        yield inputs
+
+
+class Sleepy(Step):
+    """Sleeps ``seconds`` per batch; touches ``marker`` when its first batch starts."""
+
+    seconds: float = 0.5
+    marker: str = ""
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["instruction"]
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["slept"]
+
+    def process(self, inputs: StepInput):
+        if self.marker and not os.path.exists(self.marker):
+            with open(self.marker, "w") as fh:
+                fh.write(str(os.getpid()))
+        time.sleep(self.seconds)
+        for row in inputs:
+            row["slept"] = True
+        yield inputs

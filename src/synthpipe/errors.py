@@ -89,6 +89,7 @@ class ErrorRecord:
     batch: int | None = None
     rows: tuple[int, int] | None = None
     phase: str = "process"
+    retryable: bool = True  # False for failures that a retry cannot change
     original: bytes | None = field(default=None, repr=False)
 
     @classmethod
@@ -99,6 +100,7 @@ class ErrorRecord:
             message=str(exc),
             traceback="".join(traceback.format_exception(exc)),
             original=_round_trip(exc),
+            retryable=not isinstance(exc, UnpicklableOutput),
             **where,
         )
 
@@ -186,6 +188,23 @@ class WorkerDied(SynthpipeError):
 
 class UnpicklableOutput(SynthpipeError):
     """A step produced a value that cannot be sent to another process."""
+
+
+class StepTimeout(SynthpipeError):
+    """A batch ran longer than its step's ``timeout``; its worker was killed."""
+
+
+class TooManyFailedRows(SynthpipeError):
+    """A step's failed rows passed its ``max_failed_rows`` or ``max_failure_rate``."""
+
+
+class RunInterrupted(SynthpipeError):
+    """The run was stopped by SIGINT or SIGTERM (raised inside the engine, turned into
+    ``KeyboardInterrupt`` or exit status 143 for the user)."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 def trim_internal_frames(exc: BaseException, package_dir: str) -> BaseException:

@@ -7,12 +7,15 @@ process machinery above it.
 from __future__ import annotations
 
 import logging
+import signal
 from typing import TYPE_CHECKING, Any
 
 from synthpipe.distiset import Distiset
+from synthpipe.errors import RunInterrupted
 from synthpipe.pipeline.plan import Plan, build_plan
 from synthpipe.runtime.local import ExecutorHooks, LocalExecutor
 from synthpipe.runtime.scheduler import Batch, Scheduler, StepSpec
+from synthpipe.runtime.signals import StopSignals
 from synthpipe.store.failed_rows import FailedRowsLedger, read_failed_rows
 from synthpipe.store.leaf_writer import LeafWriter
 from synthpipe.store.run_dir import RunDirectory, structure_signature
@@ -41,6 +44,11 @@ def step_specs(plan: Plan, dry_run: bool = False) -> list[StepSpec]:
                 replicas=step.resources.replicas,
                 on_error=step.effective_on_error,
                 max_batches=1 if dry_run and step.kind == "generator" else None,
+                retries=step.retries,
+                retry_delay=step.retry_delay,
+                max_restarts=step.max_restarts,
+                max_failed_rows=step.max_failed_rows,
+                max_failure_rate=step.max_failure_rate,
             )
         )
     return specs
@@ -78,7 +86,8 @@ def run_pipeline(
     warned: set[tuple[str | None, str]] = set()
 
     def rows_failed(batch: Batch, error: ErrorRecord) -> None:
-        ledger.record(batch.step, batch.seq, batch.row_start, batch.inputs, error)
+        ledger.record(batch.step, batch.seq, batch.row_start, batch.inputs, error,
+                      attempts=max(1, batch.attempts + batch.crashes))
         first = (error.step, error.type_name) not in warned
         warned.add((error.step, error.type_name))
         logger.log(logging.WARNING if first else logging.DEBUG, "%s failed, rows skipped%s: %s",
@@ -91,27 +100,60 @@ def run_pipeline(
         on_tick=progress.tick,
         on_log=logs.worker_line,
     )
-    executor = LocalExecutor({n: plan.step(n) for n in plan.order}, scheduler, hooks, log_level=level)
+    signals = StopSignals()
+    executor = LocalExecutor({n: plan.step(n) for n in plan.order}, scheduler, hooks, signals=signals,
+                             log_level=level, stop_grace_seconds=pipeline.stop_grace_seconds)
     mode = "dry run of" if dry_run_batch_size is not None else "running"
     logger.info("synthpipe: %s pipeline '%s' (%d steps); run directory %s",
                 mode, pipeline.name, len(plan.order), run_dir.path)
     outcome = "stopped"
+    interrupted: RunInterrupted | None = None
     try:
-        executor.run()
-        writer.close()
+        with signals:
+            executor.run()
         outcome = "finished"
+    except RunInterrupted as exc:
+        interrupted = exc
+        outcome = str(exc)
     except BaseException as exc:
         outcome = f"stopped: {exc}" if str(exc) else f"stopped ({type(exc).__name__})"
         raise
     finally:
         progress.stop()
+        _keep_finished_rows(writer)
         ledger.close()
         logger.info("synthpipe: pipeline '%s' %s\n%s", pipeline.name, outcome, "\n".join(progress.summary_lines()))
         if ledger.count:
-            logger.warning("synthpipe: %d failed row(s) recorded in %s", ledger.count, run_dir.failed_rows_path)
+            logger.warning("%s", ledger.summary())
+        if interrupted is not None:
+            logger.warning("%s", _kept_message(run_dir, writer, ledger))
         logs.close()
+    if interrupted is not None:
+        if interrupted.signum == signal.SIGINT:
+            raise KeyboardInterrupt(str(interrupted)) from None
+        raise SystemExit(128 + interrupted.signum)
     return Distiset.from_leaf_files(
         {leaf: writer.files(leaf) for leaf in leaves},
         read_failed_rows(run_dir.failed_rows_path),
         run_dir=run_dir.path,
     )
+
+
+def _keep_finished_rows(writer: LeafWriter) -> None:
+    """Write out the leaf rows still buffered, whatever ended the run."""
+    try:
+        writer.close()
+    except Exception:
+        logger.exception("synthpipe: could not write the last leaf rows")
+        raise
+
+
+def _kept_message(run_dir: RunDirectory, writer: LeafWriter, ledger: FailedRowsLedger) -> str:
+    lines = [f"synthpipe: kept what finished, in {run_dir.path}:"]
+    for leaf, rows in writer.rows_written.items():
+        lines.append(f"  {leaf}: {rows:,} rows in data/{leaf}/")
+    if ledger.count:
+        lines.append(f"  {ledger.count:,} failed rows in failed_rows.jsonl")
+    lines.append("Batches still running were not finished. Run the pipeline again to compute the rest: "
+                 "resuming a stopped run is not implemented yet, so a new run starts from the beginning.")
+    return "\n".join(lines)

@@ -26,6 +26,8 @@ class Pipeline:
     """A DAG of steps. Steps created inside ``with Pipeline(...):`` join it on their own.
 
     ``run()`` starts one worker process per step replica and returns a ``Distiset``.
+    ``max_rows_in_flight`` bounds the rows held between steps; ``stop_grace_seconds`` is how
+    long running batches may finish after a first Ctrl+C or SIGTERM.
     """
 
     def __init__(
@@ -35,11 +37,13 @@ class Pipeline:
         *,
         cache_dir: str | None = None,
         max_rows_in_flight: int = 20_000,
+        stop_grace_seconds: float = 10.0,
     ) -> None:
         self.name = name
         self.description = description
         self.cache_dir = cache_dir
         self.max_rows_in_flight = max_rows_in_flight
+        self.stop_grace_seconds = stop_grace_seconds
         self.dag = DAG()
         self._tokens: list[contextvars.Token[Pipeline | None]] = []
 

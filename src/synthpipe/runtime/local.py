@@ -1,17 +1,21 @@
 """The local executor: one process per step replica, the scheduler in this process.
 
-It is the only place that starts processes, sends on pipes and waits. It waits on the
-workers' pipes and process sentinels at once, so a result and a death are both noticed
-the moment they happen; the timeout only paces the progress display.
+It is the only place that starts processes, sends on pipes, keeps time and waits. It waits
+on the workers' pipes, their process sentinels and the signal wake-up pipe at once, so a
+result, a death and a Ctrl+C are all noticed the moment they happen; the wait's timeout
+is the nearest deadline (a retry due, a batch timing out) or the progress display's pace.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import multiprocessing as mp
 import os
+import random
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -19,7 +23,14 @@ from typing import Any
 
 import cloudpickle
 
-from synthpipe.errors import ErrorRecord, StepFailed, WorkerDied
+from synthpipe.errors import (
+    ErrorRecord,
+    RunInterrupted,
+    StepFailed,
+    StepTimeout,
+    SynthpipeError,
+    WorkerDied,
+)
 from synthpipe.runtime import messages as m
 from synthpipe.runtime.scheduler import (
     Action,
@@ -29,9 +40,12 @@ from synthpipe.runtime.scheduler import (
     Fail,
     Finished,
     Generate,
+    RestartWorker,
+    RetryLater,
     RowsFailed,
     Scheduler,
 )
+from synthpipe.runtime.signals import StopSignals
 from synthpipe.runtime.worker import worker_main
 
 logger = logging.getLogger("synthpipe.runtime")
@@ -48,6 +62,20 @@ class _Worker:
     ready: bool = False
     exited: bool = False
     conn_closed: bool = False
+    outstanding: deque[int] = field(default_factory=deque)  # tickets, in the order sent
+    busy_since: float | None = None  # when the job at the head of `outstanding` started
+    started: float = field(default_factory=time.monotonic)
+    timed_out: bool = False
+
+    def deadline(self, step: Any) -> float | None:
+        """When this worker overruns its step's load_timeout or timeout, if it can."""
+        if self.exited or self.timed_out:
+            return None
+        if not self.ready:
+            return self.started + step.load_timeout if step.load_timeout else None
+        if step.timeout and self.busy_since is not None:
+            return self.busy_since + step.timeout
+        return None
 
 
 @dataclass
@@ -73,6 +101,15 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
+def _describe_job(batch: Batch | None, gen_seq: int | None) -> tuple[str, dict[str, Any]]:
+    if batch is not None:
+        span = f", rows {batch.rows[0]}–{batch.rows[1]}" if batch.rows else ""
+        return f"batch {batch.seq}{span}", {"batch": batch.seq, "rows": batch.rows}
+    if gen_seq is not None:
+        return f"generating batch {gen_seq}", {"batch": gen_seq}
+    return "", {}
+
+
 class LocalExecutor:
     """Runs a plan's steps in local worker processes, driven by a ``Scheduler``."""
 
@@ -82,6 +119,7 @@ class LocalExecutor:
         scheduler: Scheduler,
         hooks: ExecutorHooks,
         *,
+        signals: StopSignals | None = None,
         log_level: int = logging.INFO,
         start_method: str | None = None,
         tick_seconds: float = 0.25,
@@ -91,6 +129,7 @@ class LocalExecutor:
         self.steps = steps
         self.scheduler = scheduler
         self.hooks = hooks
+        self.signals = signals
         self.log_level = log_level
         self.start_method = start_method or os.environ.get("SYNTHPIPE_START_METHOD", "spawn")
         if self.start_method not in START_METHODS:
@@ -99,73 +138,170 @@ class LocalExecutor:
         self.stop_grace_seconds = stop_grace_seconds
         self.fail_grace_seconds = fail_grace_seconds
         self.workers: dict[tuple[str, int], _Worker] = {}
+        self._payloads: dict[str, bytes] = {}
+        self._timers: list[tuple[float, int, str, int]] = []  # (due, tiebreak, step, token)
+        self._timer_ids = 0
+        self._stop_deadline: float | None = None
+        self._jitter = random.Random()
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Run to the end; raise ``StepFailed`` when a step's failure stops the run."""
-        grace = self.fail_grace_seconds
+        """Run to the end. Raise ``StepFailed`` when a failure stops the run, and
+        ``RunInterrupted`` when a signal did."""
+        outcome: bool | None = None
         try:
+            self._payloads = {name: self._payload(name, step) for name, step in self.steps.items()}
             self._start_workers()
-            if self._loop():
-                grace = self.stop_grace_seconds
+            outcome = self._loop()
         finally:
-            self._shutdown(grace)
+            self._shutdown(self._shutdown_grace(outcome))
         if self.scheduler.failed is not None:
             record = self.scheduler.failed
             raise StepFailed(record) from record.to_exception()
+        if self._interrupted():  # even if the work happened to finish: the user asked to stop
+            signum = self.signals.first  # type: ignore[union-attr]
+            raise RunInterrupted(signum, f"stopped by {signal.Signals(signum).name}")
+
+    def _shutdown_grace(self, outcome: bool | None) -> float:
+        """How long workers get to exit on their own: time to unload after a clean end, none
+        after a second Ctrl+C or an expired grace period, a little after a failure."""
+        if self._interrupted():
+            return self.fail_grace_seconds if self.scheduler.drained or self.scheduler.done else 0.0
+        return self.stop_grace_seconds if outcome else self.fail_grace_seconds
+
+    def _interrupted(self) -> bool:
+        return self.signals is not None and bool(self.signals.received)
+
+    @staticmethod
+    def _payload(name: str, step: Any) -> bytes:
+        try:
+            return cloudpickle.dumps(step)
+        except Exception as exc:
+            culprit = next((f for f in type(step).model_fields if not _picklable(getattr(step, f, None))), None)
+            where = f": field '{culprit}' holds a {type(getattr(step, culprit)).__qualname__}" if culprit else ""
+            raise SynthpipeError(
+                f"step '{name}' cannot be sent to a worker process{where} ({exc}); "
+                "create such objects in the step's load() instead"
+            ) from None
 
     def _start_workers(self) -> None:
-        """Start every worker with SIGINT blocked, so a Ctrl+C typed while a worker is still
-        importing never reaches it: the mask is inherited, and the worker ignores SIGINT before
-        unblocking it. The coordinator alone decides what a Ctrl+C means."""
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            self._spawn_all()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        for name, step in self.steps.items():
+            for replica in range(step.resources.replicas):
+                self._start_worker(name, replica)
 
-    def _spawn_all(self) -> None:
+    def _start_worker(self, name: str, replica: int) -> None:
+        """Start one worker with SIGINT blocked, so a Ctrl+C typed while it is still importing
+        never reaches it: the mask is inherited, and the worker ignores SIGINT before
+        unblocking it. The coordinator alone decides what a Ctrl+C means."""
         ctx = mp.get_context(self.start_method)
         # Under forkserver the workers' parent is the fork server, not this process.
         parent_pid = os.getpid() if self.start_method == "spawn" else 0
-        for name, step in self.steps.items():
-            payload = cloudpickle.dumps(step)
-            for replica in range(step.resources.replicas):
-                parent_conn, child_conn = ctx.Pipe(duplex=True)
-                process = ctx.Process(
-                    target=worker_main,
-                    args=(child_conn, payload, name, replica, self.log_level, parent_pid),
-                    name=f"synthpipe:{name}:{replica}",
-                    daemon=True,
-                )
-                process.start()
-                child_conn.close()
-                self.workers[(name, replica)] = _Worker(name, replica, process, parent_conn)
-                logger.debug("started %s replica %d as pid %s", name, replica, process.pid)
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        process = ctx.Process(
+            target=worker_main,
+            args=(child_conn, self._payloads[name], name, replica, self.log_level, parent_pid),
+            name=f"synthpipe:{name}:{replica}",
+            daemon=True,
+        )
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        child_conn.close()
+        self.workers[(name, replica)] = _Worker(name, replica, process, parent_conn)
+        logger.debug("started %s replica %d as pid %s", name, replica, process.pid)
 
-    def _loop(self) -> bool:
-        """Process events until the scheduler finishes (True) or fails (False)."""
-        if self._apply(self.scheduler.start()):
-            return True
-        while True:
-            waitables: dict[Any, _Worker] = {}
+    def _loop(self) -> bool | None:
+        """Process events until the scheduler finishes (True) or fails (False), or a signal
+        ends the run (None)."""
+        outcome = self._apply(self.scheduler.start())
+        while outcome is None:
+            if self.signals is not None and self.signals.received and self._on_signals():
+                return None
+            waitables: dict[Any, _Worker | None] = {}
             for worker in self.workers.values():
                 if not worker.exited:
                     if not worker.conn_closed:
                         waitables[worker.conn] = worker
                     waitables[worker.process.sentinel] = worker
-            for obj in wait(list(waitables), timeout=self.tick_seconds):
+            if self.signals is not None:
+                waitables[self.signals.fileno()] = None
+            for obj in wait(list(waitables), timeout=self._wait_timeout()):
                 worker = waitables[obj]
+                if worker is None:
+                    self.signals.clear_wakeups()  # type: ignore[union-attr]
+                    continue
                 if worker.exited:
                     continue
-                if obj is worker.conn:
-                    outcome = self._drain(worker)
-                else:
-                    outcome = self._drain(worker) or self._exited(worker)
+                outcome = self._drain(worker)
+                if outcome is None and obj is not worker.conn:
+                    outcome = self._exited(worker)
                 if outcome is not None:
-                    return outcome
+                    break
+            if outcome is None:
+                outcome = self._fire_due_timers()
+            if outcome is not None or self.scheduler.drained:
+                return outcome
+            self._kill_overdue_workers()
+            if self._stop_deadline is not None and time.monotonic() >= self._stop_deadline:
+                logger.warning("synthpipe: grace period over; ending the %d batch(es) still in flight",
+                               self.scheduler.jobs_in_flight())
+                return None
             self.hooks.on_tick()
+        return outcome
+
+    def _on_signals(self) -> bool:
+        """First signal: stop handing out work. A second SIGINT: stop now. True to leave."""
+        received = self.signals.received  # type: ignore[union-attr]
+        if self._stop_deadline is None:
+            name = signal.Signals(received[0]).name
+            running = self.scheduler.jobs_in_flight()
+            logger.warning(
+                "synthpipe: %s received: handing out no more work; waiting up to %gs for the %d batch(es) "
+                "in flight to finish (Ctrl+C again to stop at once)",
+                name, self.stop_grace_seconds, running,
+            )
+            self._stop_deadline = time.monotonic() + self.stop_grace_seconds
+            self._apply(self.scheduler.request_stop())
+            if self.scheduler.drained or self.scheduler.done or self.scheduler.failed:
+                return True
+        if len(received) > 1 and signal.SIGINT in received[1:]:
+            logger.warning("synthpipe: second SIGINT: stopping now")
+            return True
+        return False
+
+    def _wait_timeout(self) -> float:
+        now = time.monotonic()
+        deadlines = [self._stop_deadline] if self._stop_deadline is not None else []
+        if self._timers:
+            deadlines.append(self._timers[0][0])
+        for worker in self.workers.values():
+            deadline = worker.deadline(self.steps[worker.step])
+            if deadline is not None:
+                deadlines.append(deadline)
+        nearest = min(deadlines, default=now + self.tick_seconds)
+        return max(0.0, min(self.tick_seconds, nearest - now))
+
+    def _fire_due_timers(self) -> bool | None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, step, token = heapq.heappop(self._timers)
+            outcome = self._apply(self.scheduler.retry_due(step, token))
+            if outcome is not None:
+                return outcome
+        return None
+
+    def _kill_overdue_workers(self) -> None:
+        """Kill a worker whose batch overran its step's timeout; its death is then handled
+        like a crash, with a StepTimeout diagnosis."""
+        now = time.monotonic()
+        for worker in self.workers.values():
+            deadline = worker.deadline(self.steps[worker.step])
+            if deadline is not None and now >= deadline:
+                worker.timed_out = True
+                worker.process.kill()
 
     def _drain(self, worker: _Worker) -> bool | None:
         """Handle every message waiting on a worker's pipe."""
@@ -181,27 +317,29 @@ class LocalExecutor:
     def _exited(self, worker: _Worker) -> bool | None:
         worker.process.join(timeout=1.0)
         worker.exited = True
+        worker.conn.close()
         how = describe_exit(worker.process.exitcode)
+        who = f"step '{worker.step}' replica {worker.replica}"
         if not worker.ready:
-            record = ErrorRecord.from_diagnosis(
-                WorkerDied(f"step '{worker.step}' replica {worker.replica} died ({how}) while loading"),
-                step=worker.step, replica=worker.replica, phase="load")
-            return self._apply(self.scheduler.worker_died(worker.step, worker.replica, record))
-        batch = self.scheduler.batch_on(worker.step, worker.replica)
-        gen_seq = self.scheduler.generate_seq_on(worker.step, worker.replica)
-        if batch is not None:
-            span = f", rows {batch.rows[0]}–{batch.rows[1]}" if batch.rows else ""
-            doing = f" while processing batch {batch.seq}{span}"
-            where = {"batch": batch.seq, "rows": batch.rows}
-        elif gen_seq is not None:
-            doing = f" while generating batch {gen_seq}"
-            where = {"batch": gen_seq}
+            if worker.timed_out:
+                limit = self.steps[worker.step].load_timeout
+                died: SynthpipeError = StepTimeout(
+                    f"{who}: load() ran longer than the step's load_timeout of {limit:g}s; the worker was killed")
+            else:
+                died = WorkerDied(f"{who} died ({how}) while loading")
+            record = ErrorRecord.from_diagnosis(died, step=worker.step, replica=worker.replica, phase="load")
+            return self._apply(self.scheduler.load_failed(worker.step, worker.replica, record))
+        batch, gen_seq = self.scheduler.job_on(worker.step, worker.replica)
+        doing, where = _describe_job(batch, gen_seq)
+        if worker.timed_out:
+            timeout = self.steps[worker.step].timeout
+            error: SynthpipeError = StepTimeout(
+                f"{who}: {doing or 'its batch'} ran longer than the step's timeout of {timeout:g}s; "
+                "the worker was killed")
         else:
-            doing = " while idle"
-            where = {}
-        record = ErrorRecord.from_diagnosis(
-            WorkerDied(f"step '{worker.step}' replica {worker.replica} died ({how}){doing}"),
-            step=worker.step, replica=worker.replica, **where)
+            error = WorkerDied(f"{who} died ({how})" + (f" while processing {doing}" if batch else
+                                                      f" while {doing}" if doing else " while idle"))
+        record = ErrorRecord.from_diagnosis(error, step=worker.step, replica=worker.replica, **where)
         return self._apply(self.scheduler.worker_died(worker.step, worker.replica, record))
 
     def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> bool | None:
@@ -213,50 +351,75 @@ class LocalExecutor:
         if kind == m.READY:
             worker.ready = True
             return self._apply(sched.worker_ready(worker.step, worker.replica))
-        if kind == m.DONE:
-            _, seq, rows, last = message
-            return self._apply(sched.batch_done(worker.step, worker.replica, seq, rows, last))
-        if kind == m.FAILED:
-            return self._apply(sched.batch_failed(worker.step, worker.replica, message[1], message[2]))
         if kind == m.LOAD_FAILED:
             return self._apply(sched.load_failed(worker.step, worker.replica, message[1]))
+        ticket = message[1]
+        self._job_finished(worker, ticket)
+        if kind == m.DONE:
+            return self._apply(sched.batch_done(worker.step, worker.replica, ticket, message[2], message[3]))
+        if kind == m.FAILED:
+            return self._apply(sched.batch_failed(worker.step, worker.replica, ticket, message[2]))
         raise RuntimeError(f"unknown message from worker {worker.step}/{worker.replica}: {kind!r}")
+
+    def _job_finished(self, worker: _Worker, ticket: int) -> None:
+        if ticket in worker.outstanding:
+            worker.outstanding.remove(ticket)
+        worker.busy_since = time.monotonic() if worker.outstanding else None
 
     def _apply(self, actions: list[Action]) -> bool | None:
         """Carry out the scheduler's actions; True when finished, False when failed."""
         for action in actions:
             if isinstance(action, Dispatch):
                 b = action.batch
-                self._send(b.step, action.replica, (m.BATCH, b.seq, b.row_start, b.inputs))
+                message = (m.BATCH, action.ticket, b.seq, b.row_start, b.inputs)
+                self._send(b.step, action.replica, action.ticket, message)
             elif isinstance(action, Generate):
-                self._send(action.step, action.replica, (m.GENERATE, action.seq))
+                self._send(action.step, action.replica, action.ticket, (m.GENERATE, action.ticket, action.seq))
             elif isinstance(action, Emit):
                 self.hooks.on_emit(action.step, action.seq, action.rows)
             elif isinstance(action, RowsFailed):
                 self.hooks.on_rows_failed(action.batch, action.error)
+            elif isinstance(action, RetryLater):
+                delay = action.delay * (1 + 0.25 * self._jitter.random())
+                logger.warning("%s failed (attempt %d of %d): %s; retrying in %.1fs", action.error.location(),
+                               action.attempt, action.attempts, action.error.headline(), delay)
+                self._timer_ids += 1
+                heapq.heappush(self._timers, (time.monotonic() + delay, self._timer_ids, action.step, action.token))
+            elif isinstance(action, RestartWorker):
+                logger.warning("%s; restarting it", action.error.message)
+                self._start_worker(action.step, action.replica)
             elif isinstance(action, Fail):
                 return False
             elif isinstance(action, Finished):
                 return True
         return None
 
-    def _send(self, step: str, replica: int, message: tuple[Any, ...]) -> None:
+    def _send(self, step: str, replica: int, ticket: int, message: tuple[Any, ...]) -> None:
         worker = self.workers[(step, replica)]
+        worker.outstanding.append(ticket)
+        if worker.busy_since is None:
+            worker.busy_since = time.monotonic()
         try:
             worker.conn.send_bytes(m.encode(message))
         except (BrokenPipeError, ConnectionResetError, OSError):
             pass  # the worker is dead; its sentinel reports it
 
     def _shutdown(self, grace: float) -> None:
-        """Ask every worker to stop, wait up to ``grace`` seconds, then end the rest by PID."""
-        for worker in self.workers.values():
-            if not worker.exited and worker.process.is_alive():
-                try:
-                    worker.conn.send_bytes(m.encode((m.STOP,)))
-                except OSError:
-                    pass
+        """Ask every worker to stop, wait up to ``grace`` seconds, then end the rest by PID.
+
+        Workers still loading are not waited for: they have nothing to finish.
+        """
+        live = [w for w in self.workers.values() if not w.exited and w.process.is_alive()]
+        for worker in live:
+            if not worker.ready:
+                worker.process.terminate()
+                continue
+            try:
+                worker.conn.send_bytes(m.encode((m.STOP,)))
+            except OSError:
+                pass
         deadline = time.monotonic() + grace
-        alive = [w for w in self.workers.values() if w.process.is_alive()]
+        alive = [w for w in live if w.process.is_alive()]
         while alive:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -265,16 +428,17 @@ class LocalExecutor:
             for w in alive:
                 self._drain_logs(w)
             alive = [w for w in alive if w.process.is_alive()]
-        for sig_method in ("terminate", "kill"):
-            alive = [w for w in self.workers.values() if w.process.is_alive()]
+        for method in ("terminate", "kill"):
+            alive = [w for w in live if w.process.is_alive()]
             for w in alive:
-                getattr(w.process, sig_method)()
+                getattr(w.process, method)()
             if alive:
                 wait([w.process.sentinel for w in alive], timeout=1.0)
         for worker in self.workers.values():
             worker.process.join(timeout=1.0)
-            self._drain_logs(worker)
-            worker.conn.close()
+            if not worker.conn.closed:
+                self._drain_logs(worker)
+                worker.conn.close()
 
     def _drain_logs(self, worker: _Worker) -> None:
         """Pass on the last log lines of a stopping worker (unload messages, say)."""
@@ -285,3 +449,11 @@ class LocalExecutor:
                     self.hooks.on_log(message[1], message[2], message[3])
         except (EOFError, OSError):
             pass
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        cloudpickle.dumps(value)
+    except Exception:
+        return False
+    return True

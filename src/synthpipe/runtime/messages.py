@@ -1,9 +1,12 @@
 """The wire between coordinator and workers: tuples, pickled once, sent as bytes.
 
-coordinator -> worker:  ("batch", seq, row_start, inputs) | ("generate", seq) | ("stop",)
+coordinator -> worker:  ("batch", ticket, seq, row_start, inputs) | ("generate", ticket, seq)
+                        | ("stop",)
 worker -> coordinator:  ("ready",) | ("load_failed", record)
-                        | ("done", seq, rows, last) | ("failed", seq, record)
+                        | ("done", ticket, rows, last) | ("failed", ticket, record)
                         | ("log", levelno, logger_name, text)
+
+A ticket names one dispatch; a batch sent again (a retry, a part of it) gets a new one.
 """
 
 from __future__ import annotations

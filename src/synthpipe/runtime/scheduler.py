@@ -1,14 +1,18 @@
 """The scheduler: pure logic that turns events into actions.
 
 It owns batching, re-batching between steps of different batch sizes, fan-out, joins of
-branches (aligned by the generator batch the rows came from), global steps, ordering and
-backpressure. It starts no process, opens no pipe and reads no clock: the executor feeds
-it events (a worker is ready, a batch is done, a batch failed, a worker died) and carries
-out the actions it returns. That keeps every routing case a fast unit test.
+branches (aligned by the generator batch the rows came from), global steps, ordering,
+backpressure, retries, restarts after crashes, poison-row isolation and graceful stops.
+It starts no process, opens no pipe and reads no clock: the executor feeds it events (a
+worker is ready, a job is done, a job failed, a worker died, a retry is due, stop) and
+carries out the actions it returns. That keeps every routing and failure case a fast unit
+test.
 
 Terms:
 - *seq*: the number of a batch within one step, 0, 1, 2... in the order batches were formed.
   Outputs are released downstream strictly in seq order, whatever order workers finish in.
+- *ticket*: the number of one dispatch of a batch (or of a part of one, or of a generator
+  request) to a worker. A batch retried or split gets new tickets; its seq stays.
 - *origin*: for each row, the seq of the generator (or global step) batch it descends from.
   Streams are ordered by origin, so a step can tell when a branch has delivered every row of
   an origin (its *watermark*) and a join can align its branches origin by origin. Steps on the
@@ -16,20 +20,26 @@ Terms:
   (filtered, rebuilt, expanded) their origin is exact.
 - *finished*: a step is finished once its predecessors are and it holds nothing more; that is
   the whole last-batch protocol (a generator reports its last batch itself).
+- *isolation*: a batch that keeps killing its worker is split in halves, and halves again,
+  until the rows that crash are alone; they are failed rows, the rest goes on.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Union
 
-from synthpipe.errors import ErrorRecord
+from synthpipe.errors import ErrorRecord, TooManyFailedRows
 
 Row = dict[str, Any]
 StepKind = Literal["generator", "normal", "global"]
+
+MIN_ROWS_FOR_FAILURE_RATE = 50
+"""A step's failure rate is only judged once it has seen this many rows."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,11 @@ class StepSpec:
     replicas: int = 1
     on_error: Literal["fail", "skip"] = "fail"
     max_batches: int | None = None  # generators only: stop after this many (dry runs)
+    retries: int = 0  # new attempts for a batch that raised
+    retry_delay: float = 1.0  # seconds before the first retry; doubles each time
+    max_restarts: int = 1  # new attempts for a batch whose worker died, before isolating rows
+    max_failed_rows: int | None = None
+    max_failure_rate: float | None = None
 
 
 @dataclass
@@ -55,6 +70,9 @@ class Batch:
     inputs: list[list[Row]]
     origins: list[list[int]]
     row_start: int = 0
+    attempts: int = 0  # times it raised
+    crashes: int = 0  # times it killed its worker (a crash or a timeout)
+    part: tuple[int, int] | None = None  # rows [a, b) of its seq's batch, while isolating
 
     @property
     def size(self) -> int:
@@ -76,19 +94,21 @@ class Batch:
 
 @dataclass
 class Dispatch:
-    """Send ``batch`` to ``replica`` of its step."""
+    """Send ``batch`` to ``replica`` of its step; the worker answers with ``ticket``."""
 
     replica: int
     batch: Batch
+    ticket: int
 
 
 @dataclass
 class Generate:
-    """Ask generator ``step`` for its next batch, numbered ``seq``."""
+    """Ask generator ``step`` for its batch number ``seq``; the worker answers with ``ticket``."""
 
     step: str
     replica: int
     seq: int
+    ticket: int
 
 
 @dataclass
@@ -102,9 +122,30 @@ class Emit:
 
 @dataclass
 class RowsFailed:
-    """A batch failed under the ``skip`` policy: its rows go to the failed-rows ledger."""
+    """Rows given up on (``skip`` policy, or a poison row): they go to the failed-rows ledger."""
 
     batch: Batch
+    error: ErrorRecord
+
+
+@dataclass
+class RetryLater:
+    """Call ``retry_due(step, token)`` after ``delay`` seconds."""
+
+    step: str
+    token: int
+    delay: float
+    error: ErrorRecord
+    attempt: int = 1  # the attempt that just failed
+    attempts: int = 1  # how many attempts the step allows in all
+
+
+@dataclass
+class RestartWorker:
+    """Start a new worker process for ``replica`` of ``step`` (the old one died)."""
+
+    step: str
+    replica: int
     error: ErrorRecord
 
 
@@ -116,11 +157,16 @@ class Fail:
 
 
 @dataclass
+class Drained:
+    """A stop was requested and no job is running any more."""
+
+
+@dataclass
 class Finished:
     """Every step is done."""
 
 
-Action = Union[Dispatch, Generate, Emit, RowsFailed, Fail, Finished]
+Action = Union[Dispatch, Generate, Emit, RowsFailed, RetryLater, RestartWorker, Fail, Drained, Finished]
 
 
 @dataclass
@@ -129,6 +175,8 @@ class StepStats:
     rows_out: int = 0
     rows_failed: int = 0
     batches: int = 0
+    retries: int = 0
+    restarts: int = 0
 
 
 @dataclass
@@ -139,6 +187,23 @@ class _Output:
 
 
 @dataclass
+class _Job:
+    ticket: int
+    replica: int
+    batch: Batch | None  # None: a generator request
+    gen_seq: int = -1
+
+
+@dataclass
+class _Isolation:
+    """A batch split into parts after it kept crashing its worker."""
+
+    min_origin: float
+    pending: int
+    outputs: dict[int, list[Row]] = field(default_factory=dict)  # part start -> rows
+
+
+@dataclass
 class _StepState:
     spec: StepSpec
     buffers: list[list[Row]] = field(default_factory=list)
@@ -146,26 +211,35 @@ class _StepState:
     next_seq: int = 0
     rows_batched: int = 0
     ready: deque[Batch] = field(default_factory=deque)
-    in_flight: dict[int, tuple[Batch | None, int]] = field(default_factory=dict)
+    in_flight: dict[int, _Job] = field(default_factory=dict)  # ticket -> job
+    waiting: dict[int, Batch] = field(default_factory=dict)  # token -> batch waiting to retry
+    isolating: dict[int, _Isolation] = field(default_factory=dict)  # seq -> parts
     completed: dict[int, _Output] = field(default_factory=dict)
     next_release: int = 0
     finished: bool = False
     last_seq: int | None = None  # generators: seq of the final batch, once known
     workers: dict[int, int] = field(default_factory=dict)  # ready replica -> outstanding
-    held: int = 0  # rows this step holds: buffered, queued, running or unreleased
+    held: int = 0  # rows this step holds, in any of the places above
     stats: StepStats = field(default_factory=StepStats)
 
     def pending_origin(self) -> float:
-        """Smallest origin of any row this step holds (buffered, queued, running, unreleased)."""
+        """Smallest origin of any row this step holds and has not released."""
         low = min((o[0] for o in self.buffer_origins if o), default=math.inf)
-        if self.ready:  # formed in order from ordered streams: the first holds the lowest
+        if self.ready:  # formed in order, retries put back in front: the first is the lowest
             low = min(low, self.ready[0].min_origin)
-        for batch, _ in self.in_flight.values():
-            if batch is not None:
-                low = min(low, batch.min_origin)
+        for job in self.in_flight.values():
+            if job.batch is not None:
+                low = min(low, job.batch.min_origin)
+        for batch in self.waiting.values():
+            low = min(low, batch.min_origin)
+        for iso in self.isolating.values():
+            low = min(low, iso.min_origin)
         for out in self.completed.values():
             low = min(low, out.min_origin)
         return low
+
+    def busy(self) -> bool:
+        return bool(self.in_flight or self.ready or self.waiting or self.isolating)
 
 
 class Scheduler:
@@ -193,34 +267,37 @@ class Scheduler:
         self.split_at_origin = _feeders_of_joins(self.specs)
         self.failed: ErrorRecord | None = None
         self.done = False
+        self.stopping = False
+        self.drained = False
+        self._tickets = itertools.count()
 
     # -- queries --------------------------------------------------------------------------
 
     def stats(self) -> dict[str, StepStats]:
         return {name: st.stats for name, st in self.states.items()}
 
-    def batch_on(self, step: str, replica: int) -> Batch | None:
-        """The oldest batch outstanding on a replica (to name it when the worker dies)."""
-        for batch, rep in self.states[step].in_flight.values():
-            if rep == replica and batch is not None:
-                return batch
-        return None
-
-    def generate_seq_on(self, step: str, replica: int) -> int | None:
-        for seq, (batch, rep) in sorted(self.states[step].in_flight.items()):
-            if rep == replica and batch is None:
-                return seq
-        return None
+    def job_on(self, step: str, replica: int) -> tuple[Batch | None, int | None]:
+        """What a replica is working on: its oldest batch, or the seq of a generator request."""
+        jobs = sorted((j for j in self.states[step].in_flight.values() if j.replica == replica),
+                      key=lambda j: j.ticket)
+        if not jobs:
+            return None, None
+        return jobs[0].batch, (jobs[0].gen_seq if jobs[0].batch is None else None)
 
     def rows_held(self) -> int:
         """Rows held in memory anywhere, except those gathered by global steps (all, by design)."""
         return sum(st.held for st in self.states.values() if st.spec.kind != "global")
 
+    def jobs_in_flight(self) -> int:
+        return sum(len(st.in_flight) for st in self.states.values())
+
     def check_invariants(self) -> None:
         """Raise AssertionError if the running counts disagree with a recount (for tests)."""
         for name, st in self.states.items():
             recount = sum(len(b) for b in st.buffers) + sum(b.size for b in st.ready)
-            recount += sum(b.size for b, _ in st.in_flight.values() if b is not None)
+            recount += sum(j.batch.size for j in st.in_flight.values() if j.batch is not None)
+            recount += sum(b.size for b in st.waiting.values())
+            recount += sum(len(r) for iso in st.isolating.values() for r in iso.outputs.values())
             recount += sum(len(o.rows) for o in st.completed.values())
             assert st.held == recount, f"{name}: held {st.held} != {recount}"
             capacity = 1 if st.spec.kind == "global" else self.worker_capacity
@@ -232,25 +309,20 @@ class Scheduler:
         return self._advance()
 
     def worker_ready(self, step: str, replica: int) -> list[Action]:
-        if self._stopped():
+        if self._over():
             return []
         self.states[step].workers[replica] = 0
         return self._advance()
 
-    def batch_done(
-        self,
-        step: str,
-        replica: int,
-        seq: int,
-        rows: list[Row],
-        last: bool = False,
-    ) -> list[Action]:
-        if self._stopped():
+    def batch_done(self, step: str, replica: int, ticket: int, rows: list[Row], last: bool = False) -> list[Action]:
+        if self._over():
             return []
         st = self.states[step]
-        batch, _ = st.in_flight.pop(seq)
-        self._free_slot(st, replica)
-        if st.spec.kind == "generator":
+        job = self._pop_job(st, ticket, replica)
+        if job is None:
+            return self._advance()
+        if job.batch is None:  # a generator's batch
+            seq = job.gen_seq
             if st.last_seq is not None and seq > st.last_seq:
                 return self._advance()  # asked for past the end: nothing there
             if last or (st.spec.max_batches is not None and seq + 1 >= st.spec.max_batches):
@@ -260,53 +332,165 @@ class Scheduler:
             st.stats.rows_out += len(rows)
             st.stats.batches += 1
             return self._advance()
-        assert batch is not None
-        origin = 0 if st.spec.kind == "global" else int(batch.min_origin) if batch.size else 0
-        st.completed[seq] = _Output(rows, [origin] * len(rows), batch.min_origin)
-        st.held += len(rows) - batch.size
-        st.stats.rows_in += batch.size
-        st.stats.rows_out += len(rows)
-        st.stats.batches += 1
+        self._complete(st, job.batch, rows)
         return self._advance()
 
-    def batch_failed(self, step: str, replica: int, seq: int, error: ErrorRecord) -> list[Action]:
-        if self._stopped():
+    def batch_failed(self, step: str, replica: int, ticket: int, error: ErrorRecord) -> list[Action]:
+        if self._over():
             return []
         st = self.states[step]
-        batch, _ = st.in_flight.pop(seq)
-        self._free_slot(st, replica)
-        if batch is None or st.spec.kind != "normal" or st.spec.on_error == "fail":
-            return self._fail(error)
-        st.completed[seq] = _Output([], [], batch.min_origin)
-        st.held -= batch.size
-        st.stats.rows_in += batch.size
-        st.stats.rows_failed += batch.size
-        st.stats.batches += 1
-        return [RowsFailed(batch, error), *self._advance()]
+        job = self._pop_job(st, ticket, replica)
+        if job is None:
+            return self._advance()
+        batch = job.batch
+        if batch is None:
+            return self._fail(error)  # a generator cannot resume mid-stream
+        batch.attempts += 1
+        if error.retryable and batch.attempts <= st.spec.retries and not self.stopping:
+            token = next(self._tickets)
+            st.waiting[token] = batch
+            st.stats.retries += 1
+            delay = st.spec.retry_delay * 2 ** (batch.attempts - 1)
+            retry = RetryLater(step, token, delay, error, batch.attempts, st.spec.retries + 1)
+            return [retry, *self._advance()]
+        return self._give_up(st, batch, error)
+
+    def retry_due(self, step: str, token: int) -> list[Action]:
+        if self._over():
+            return []
+        st = self.states[step]
+        batch = st.waiting.pop(token, None)
+        if batch is not None:
+            st.ready.appendleft(batch)
+        return self._advance()
 
     def load_failed(self, step: str, replica: int, error: ErrorRecord) -> list[Action]:
-        if self._stopped():
+        if self._over():
             return []
         return self._fail(error)
 
     def worker_died(self, step: str, replica: int, error: ErrorRecord) -> list[Action]:
-        if self._stopped():
+        """A ready worker ended on its own (crash, kill, timeout): restart it, retry or isolate."""
+        if self._over():
             return []
-        return self._fail(error)
+        st = self.states[step]
+        st.workers.pop(replica, None)
+        jobs = sorted((j for j in st.in_flight.values() if j.replica == replica), key=lambda j: j.ticket)
+        for job in jobs:
+            del st.in_flight[job.ticket]
+        if st.spec.kind == "generator" or any(j.batch is None for j in jobs):
+            return self._fail(error)
+        if self.stopping:
+            for job in jobs:  # nothing more runs: the batch is simply not finished
+                st.ready.appendleft(job.batch)  # type: ignore[arg-type]
+            return self._advance()
+        restart: list[Action] = [] if st.finished else [RestartWorker(step, replica, error)]
+        st.stats.restarts += len(restart)
+        if not jobs:
+            return [*restart, *self._advance()]
+        culprit, innocent = jobs[0].batch, [j.batch for j in jobs[1:]]
+        assert culprit is not None
+        for batch in reversed(innocent):  # they only queued behind the culprit
+            st.ready.appendleft(batch)  # type: ignore[arg-type]
+        culprit.crashes += 1
+        if culprit.crashes <= st.spec.max_restarts:
+            st.ready.appendleft(culprit)
+        elif st.spec.kind == "normal" and st.spec.on_error == "skip" and culprit.size > 1 and len(culprit.inputs) == 1:
+            for part in reversed(self._split(st, culprit)):
+                st.ready.appendleft(part)
+        else:
+            outcome = self._give_up(st, culprit, error)
+            return outcome if self.failed else [*restart, *outcome]
+        return [*restart, *self._advance()]
 
-    # -- the engine room ------------------------------------------------------------------
+    def request_stop(self) -> list[Action]:
+        """Hand out no more work; let running jobs finish (the executor bounds how long)."""
+        if self._over():
+            return []
+        self.stopping = True
+        return self._advance()
 
-    def _stopped(self) -> bool:
+    # -- failure handling -----------------------------------------------------------------
+
+    def _over(self) -> bool:
         return self.failed is not None or self.done
 
     def _fail(self, error: ErrorRecord) -> list[Action]:
         self.failed = error
         return [Fail(error)]
 
-    @staticmethod
-    def _free_slot(st: _StepState, replica: int) -> None:
-        if replica in st.workers:
+    def _give_up(self, st: _StepState, batch: Batch, error: ErrorRecord) -> list[Action]:
+        """The batch will not succeed: record its rows (skip) or stop the run (fail)."""
+        if st.spec.kind != "normal" or st.spec.on_error == "fail":
+            return self._fail(error)
+        st.stats.rows_failed += batch.size
+        self._complete(st, batch, [])
+        actions: list[Action] = [RowsFailed(batch, error)]
+        too_many = self._failure_guard(st, error)
+        if too_many is not None:
+            return [*actions, *self._fail(too_many)]
+        return [*actions, *self._advance()]
+
+    def _failure_guard(self, st: _StepState, error: ErrorRecord) -> ErrorRecord | None:
+        spec, stats = st.spec, st.stats
+        reason = None
+        if spec.max_failed_rows is not None and stats.rows_failed > spec.max_failed_rows:
+            reason = f"{stats.rows_failed} rows failed, more than max_failed_rows={spec.max_failed_rows}"
+        elif (
+            spec.max_failure_rate is not None
+            and stats.rows_in >= MIN_ROWS_FOR_FAILURE_RATE
+            and stats.rows_failed / stats.rows_in > spec.max_failure_rate
+        ):
+            reason = (
+                f"{stats.rows_failed} of {stats.rows_in} rows failed "
+                f"({stats.rows_failed / stats.rows_in:.0%}), more than max_failure_rate={spec.max_failure_rate:g}"
+            )
+        if reason is None:
+            return None
+        return ErrorRecord.from_diagnosis(
+            TooManyFailedRows(f"step '{spec.name}': {reason}; the last error was {error.headline()}"),
+            step=spec.name,
+        )
+
+    def _split(self, st: _StepState, batch: Batch) -> list[Batch]:
+        """Halve a crashing batch; each half crashing again is halved at once."""
+        lo, hi = batch.part or (0, batch.size)
+        k = batch.size // 2
+        rows, origins = batch.inputs[0], batch.origins[0]
+        halves = [
+            replace(batch, inputs=[rows[:k]], origins=[origins[:k]], part=(lo, lo + k)),
+            replace(batch, inputs=[rows[k:]], origins=[origins[k:]], part=(lo + k, hi), row_start=batch.row_start + k),
+        ]
+        if batch.part is None:
+            st.isolating[batch.seq] = _Isolation(batch.min_origin, pending=2)
+        else:
+            st.isolating[batch.seq].pending += 1
+        return halves
+
+    # -- the engine room ------------------------------------------------------------------
+
+    def _pop_job(self, st: _StepState, ticket: int, replica: int) -> _Job | None:
+        job = st.in_flight.pop(ticket, None)
+        if job is not None and replica in st.workers:
             st.workers[replica] = max(0, st.workers[replica] - 1)
+        return job
+
+    def _complete(self, st: _StepState, batch: Batch, rows: list[Row]) -> None:
+        """A batch (or part of one) is through; a whole seq becomes releasable."""
+        st.held += len(rows) - batch.size
+        st.stats.rows_in += batch.size
+        st.stats.rows_out += len(rows)
+        if batch.part is not None:
+            iso = st.isolating[batch.seq]
+            iso.outputs[batch.part[0]] = rows
+            iso.pending -= 1
+            if iso.pending:
+                return
+            del st.isolating[batch.seq]
+            rows = [row for start in sorted(iso.outputs) for row in iso.outputs[start]]
+        origin = 0 if st.spec.kind == "global" else int(batch.min_origin) if batch.size else 0
+        st.completed[batch.seq] = _Output(rows, [origin] * len(rows), batch.min_origin)
+        st.stats.batches += 1
 
     def _advance(self) -> list[Action]:
         """Move everything forward as far as it can go; return what to do."""
@@ -319,12 +503,18 @@ class Scheduler:
                 progressed |= self._release(st, actions)
                 progressed |= self._form_batches(st)
                 progressed |= self._check_finished(st)
-        for name in self.order:
-            self._dispatch(self.states[name], actions)
-        self._request_generation(actions)
         if all(st.finished for st in self.states.values()):
             self.done = True
             actions.append(Finished())
+            return actions
+        if self.stopping:
+            if not self.drained and not self.jobs_in_flight():
+                self.drained = True
+                actions.append(Drained())
+            return actions
+        for name in self.order:
+            self._dispatch(self.states[name], actions)
+        self._request_generation(actions)
         return actions
 
     def _release(self, st: _StepState, actions: list[Action]) -> bool:
@@ -354,13 +544,7 @@ class Scheduler:
         if st.spec.kind == "generator":
             done = st.last_seq is not None and st.next_release > st.last_seq
         else:
-            done = (
-                self._preds_finished(st)
-                and not any(st.buffers)
-                and not st.ready
-                and not st.in_flight
-                and not st.completed
-            )
+            done = self._preds_finished(st) and not any(st.buffers) and not st.busy() and not st.completed
         if done:
             st.finished = True
         return done
@@ -389,14 +573,11 @@ class Scheduler:
         if spec.kind == "global":
             if st.next_seq > 0 or not self._preds_finished(st):
                 return False
-            if not any(st.buffers):
-                st.buffers = [[] for _ in spec.predecessors]
-                st.buffer_origins = [[] for _ in spec.predecessors]
-                return False
-            self._queue(st, st.buffers, st.buffer_origins)
+            if any(st.buffers):
+                self._queue(st, st.buffers, st.buffer_origins)
             st.buffers = [[] for _ in spec.predecessors]
             st.buffer_origins = [[] for _ in spec.predecessors]
-            return True
+            return st.next_seq > 0
         if len(spec.predecessors) == 1:
             return self._form_sequential(st)
         return self._form_joined(st)
@@ -443,9 +624,7 @@ class Scheduler:
             inputs: list[list[Row]] = []
             origins: list[list[int]] = []
             for rows, orig in zip(st.buffers, st.buffer_origins, strict=True):
-                n = 0
-                while n < len(orig) and orig[n] == origin:
-                    n += 1
+                n = bisect.bisect_right(orig, origin)
                 inputs.append(rows[:n])
                 origins.append(orig[:n])
                 del rows[:n]
@@ -468,15 +647,16 @@ class Scheduler:
                 return
             batch = st.ready.popleft()
             st.workers[replica] += 1
-            st.in_flight[batch.seq] = (batch, replica)
-            actions.append(Dispatch(replica, batch))
+            ticket = next(self._tickets)
+            st.in_flight[ticket] = _Job(ticket, replica, batch)
+            actions.append(Dispatch(replica, batch, ticket))
 
     def _request_generation(self, actions: list[Action]) -> None:
-        stalled = not any(st.in_flight or st.ready for st in self.states.values())
+        stalled = not any(st.busy() for st in self.states.values())
         held = self.rows_held()
         for st in self.states.values():  # rows already asked of every generator
             if st.spec.kind == "generator":
-                held += st.spec.batch_size * sum(1 for b, _ in st.in_flight.values() if b is None)
+                held += st.spec.batch_size * len(st.in_flight)
         for name in self.order:
             st = self.states[name]
             spec = st.spec
@@ -494,8 +674,9 @@ class Scheduler:
                 seq = st.next_seq
                 st.next_seq += 1
                 st.workers[0] += 1
-                st.in_flight[seq] = (None, 0)
-                actions.append(Generate(name, 0, seq))
+                ticket = next(self._tickets)
+                st.in_flight[ticket] = _Job(ticket, 0, None, seq)
+                actions.append(Generate(name, 0, seq, ticket))
 
 
 def _feeders_of_joins(specs: dict[str, StepSpec]) -> set[str]:

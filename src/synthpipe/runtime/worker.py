@@ -72,8 +72,9 @@ def _read_inbox(conn: Connection, inbox: queue.SimpleQueue[Any]) -> None:
         try:
             inbox.put(m.decode(conn.recv_bytes()))
         except (EOFError, OSError):
-            inbox.put(None)  # the coordinator is gone: stop
-            return
+            # The coordinator is gone (where no parent-death signal exists, this is how we
+            # learn it): end now, even in the middle of a batch; nobody waits for its result.
+            os._exit(1)
 
 
 def _find_unpicklable(rows: list[dict[str, Any]]) -> tuple[int, str, Any] | None:
@@ -150,26 +151,26 @@ def _serve(step: Any, step_name: str, replica: int, channel: _Channel, inbox: qu
         message = inbox.get()
         if message is None or message[0] == m.STOP:
             return
-        kind, seq = message[0], message[1]
+        kind, ticket, seq = message[0], message[1], message[2]
         if kind == m.GENERATE:
             try:
                 if generator is None:
                     generator = step.generate_applying_mappings(offset=0)
                 rows, last = ([], True) if exhausted else next(generator, ([], True))
                 exhausted = exhausted or last
-                data = _encode_result(step_name, (m.DONE, seq, rows, last), rows)
+                data = _encode_result(step_name, (m.DONE, ticket, rows, last), rows)
             except BaseException as exc:  # noqa: BLE001
                 record = _record(exc, step=step_name, replica=replica, batch=seq, phase="generate")
-                data = m.encode((m.FAILED, seq, record))
+                data = m.encode((m.FAILED, ticket, record))
             channel.send(data)
             continue
-        row_start, inputs = message[2], message[3]
+        row_start, inputs = message[3], message[4]
         n = len(inputs[0]) if inputs else 0
         where = {"step": step_name, "replica": replica, "batch": seq,
                  "rows": (row_start, row_start + n - 1) if n else None}
         try:
             rows = step.process_applying_mappings(*inputs)
-            data = _encode_result(step_name, (m.DONE, seq, rows, False), rows)
+            data = _encode_result(step_name, (m.DONE, ticket, rows, False), rows)
         except BaseException as exc:  # noqa: BLE001
-            data = m.encode((m.FAILED, seq, _record(exc, **where)))
+            data = m.encode((m.FAILED, ticket, _record(exc, **where)))
         channel.send(data)

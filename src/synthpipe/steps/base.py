@@ -66,7 +66,16 @@ def column_spec(columns: Any) -> dict[str, bool]:
 
 
 class _Step(BaseModel):
-    """What every kind of step shares: a name, resources, mappings and an error policy."""
+    """What every kind of step shares: a name, resources, mappings and the failure policy.
+
+    Failure policy: ``on_error`` ("fail" or "skip") decides what a batch that cannot succeed
+    does to the run; ``retries`` (with ``retry_delay`` seconds, doubling) retries a batch that
+    raised; ``timeout`` (seconds per batch) kills a worker whose batch runs too long, and
+    ``load_timeout`` one whose ``load()`` does;
+    ``max_restarts`` retries a batch whose worker died before its rows are isolated (skip)
+    or the run stops (fail); ``max_failed_rows`` / ``max_failure_rate`` stop a run whose
+    failed rows pile up (the rate is judged once 50 rows have been seen).
+    """
 
     model_config = ConfigDict(
         arbitrary_types_allowed=True, validate_assignment=True, extra="forbid"
@@ -79,6 +88,13 @@ class _Step(BaseModel):
     input_mappings: dict[str, str] = Field(default_factory=dict)
     output_mappings: dict[str, str] = Field(default_factory=dict)
     on_error: Optional[OnError] = None
+    timeout: Optional[float] = Field(default=None, gt=0)
+    load_timeout: Optional[float] = Field(default=None, gt=0)
+    retries: int = Field(default=0, ge=0)
+    retry_delay: float = Field(default=1.0, ge=0)
+    max_restarts: int = Field(default=1, ge=0)
+    max_failed_rows: Optional[int] = Field(default=None, ge=0)
+    max_failure_rate: Optional[float] = Field(default=0.5, ge=0, le=1)
 
     _pipeline: Any = PrivateAttr(default=None)
 
