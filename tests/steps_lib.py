@@ -371,3 +371,13 @@ class Sleepy(Step):
         for row in inputs:
             row["slept"] = True
         yield inputs
+
+
+@step(inputs=["instruction"], outputs=["value"])
+def YieldOddValue(inputs: StepInput, kind: str = "generator"):
+    for row in inputs:
+        if kind == "generator":
+            row["value"] = (c for c in row["instruction"])
+        else:
+            row["value"] = open(os.devnull)  # noqa: SIM115 - the point is an open file in a row
+    yield inputs

@@ -186,3 +186,14 @@ def test_what_the_user_sees_on_the_terminal(tmp_path):
     assert "ValueError: boom at row q12" in err
     assert "StepFailed: step 'checker', replica 0, batch 2, rows 10–14 failed: ValueError: boom at row q12" in err
     assert "cannot pickle" not in err
+
+
+@pytest.mark.parametrize(("kind", "type_name"), [("generator", "builtins.generator"), ("file", "TextIOWrapper")])
+def test_rows_that_cannot_cross_the_process_boundary(kind, type_name):
+    from steps_lib import YieldOddValue
+
+    with Pipeline(name=f"odd-{kind}") as pipeline:
+        LoadDataFromDicts(data=rows(4)) >> YieldOddValue(name="odd", kind=kind)
+    err = _run_failing(pipeline)
+    assert "step 'odd' produced a value that cannot be sent to another process" in str(err)
+    assert "column 'value' of output row 0" in str(err) and type_name in str(err)

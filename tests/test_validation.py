@@ -119,3 +119,13 @@ def test_dataset_of_wrong_type():
         Measure()
     problems = _problems(pipeline, dataset="not rows")
     assert "dataset must be a list of dicts, a datasets.Dataset or a pandas DataFrame, not str" in problems[0]
+
+
+def test_step_function_parameter_may_not_replace_a_step_attribute():
+    from synthpipe.steps import StepInput, step
+
+    with pytest.raises(TypeError, match="parameter\\(s\\) timeout, name would replace"):
+
+        @step(inputs=["a"])
+        def Clash(inputs: StepInput, timeout: float = 1.0, name: str = "x"):
+            yield inputs

@@ -33,17 +33,17 @@ def step_specs(plan: Plan, dry_run: bool = False) -> list[StepSpec]:
     specs = []
     for name in plan.order:
         step = plan.step(name)
-        size = step.batch_size if step.kind == "generator" else step.input_batch_size
+        size = step.batch_size if step.step_kind == "generator" else step.input_batch_size
         specs.append(
             StepSpec(
                 name=name,
-                kind=step.kind,
+                kind=step.step_kind,
                 predecessors=tuple(plan.dag.predecessors(name)),
                 successors=tuple(plan.dag.successors(name)),
                 batch_size=size,
                 replicas=step.resources.replicas,
                 on_error=step.effective_on_error,
-                max_batches=1 if dry_run and step.kind == "generator" else None,
+                max_batches=1 if dry_run and step.step_kind == "generator" else None,
                 retries=step.retries,
                 retry_delay=step.retry_delay,
                 max_restarts=step.max_restarts,

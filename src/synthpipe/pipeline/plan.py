@@ -144,7 +144,7 @@ def _apply_parameters(dag: DAG, parameters: dict[str, dict[str, Any]], problems:
 def _check_kinds(dag: DAG, problems: list[str]) -> None:
     for name, step in dag.nodes.items():
         preds = dag.predecessors(name)
-        if step.kind == "generator":
+        if step.step_kind == "generator":
             if preds:
                 problems.append(
                     f"generator step '{name}' cannot receive data (it is fed by {', '.join(preds)})"
@@ -156,7 +156,7 @@ def _check_kinds(dag: DAG, problems: list[str]) -> None:
                 f"step '{name}' has no predecessor and is not a generator: connect a generator "
                 "before it (`load >> step`) or pass `dataset=` to run()"
             )
-        if step.kind == "global" and step.resources.replicas != 1:
+        if step.step_kind == "global" and step.resources.replicas != 1:
             problems.append(f"global step '{name}' runs one replica, not {step.resources.replicas}")
         for column in step.input_mappings:
             if column not in step.inputs:
@@ -181,7 +181,7 @@ def _origin_domains(dag: DAG, order: list[str], problems: list[str]) -> dict[str
     for name in order:
         step = dag.nodes[name]
         preds = dag.predecessors(name)
-        if step.kind in ("generator", "global") or not preds:
+        if step.step_kind in ("generator", "global") or not preds:
             domains[name] = name
             continue
         upstream = {domains[p] for p in preds}

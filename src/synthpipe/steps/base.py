@@ -81,7 +81,7 @@ class _Step(BaseModel):
         arbitrary_types_allowed=True, validate_assignment=True, extra="forbid"
     )
 
-    kind: ClassVar[StepKind] = "normal"
+    step_kind: ClassVar[StepKind] = "normal"
 
     name: Optional[str] = None
     resources: StepResources = Field(default_factory=StepResources)
@@ -149,7 +149,7 @@ class _Step(BaseModel):
     @property
     def effective_on_error(self) -> OnError:
         """The policy in force: generators and global steps always stop the run."""
-        if self.kind != "normal":
+        if self.step_kind != "normal":
             return "fail"
         return self.on_error or "fail"
 
@@ -251,13 +251,13 @@ class Step(_Step):
 class GlobalStep(Step):
     """Receives every row of its predecessors in one batch (dedup, sort, statistics)."""
 
-    kind: ClassVar[StepKind] = "global"
+    step_kind: ClassVar[StepKind] = "global"
 
 
 class GeneratorStep(_Step):
     """Produces rows: ``process(offset)`` yields ``(rows, is_last_batch)``."""
 
-    kind: ClassVar[StepKind] = "generator"
+    step_kind: ClassVar[StepKind] = "generator"
 
     batch_size: RuntimeParameter[int] = Field(default=50, ge=1)
 

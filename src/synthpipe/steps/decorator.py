@@ -40,6 +40,14 @@ def step(
         else:
             field_params = [p for p in params[1:] if p.kind not in positional_kinds]
             takes_offset = False
+        base = _BASES[step_type]
+        reserved = set(base.model_fields) | {n for n in dir(base) if not n.startswith("__")}
+        clashes = [p.name for p in field_params if p.name in reserved]
+        if clashes:
+            raise TypeError(
+                f"@step {func.__qualname__}: parameter(s) {', '.join(clashes)} would replace the step's own "
+                "attribute(s) of that name; rename them"
+            )
         annotations: dict[str, Any] = {}
         namespace: dict[str, Any] = {}
         for p in field_params:
@@ -72,6 +80,6 @@ def step(
                 "outputs": property(lambda self: dict(output_spec)),
             }
         )
-        return type(func.__name__, (_BASES[step_type],), namespace)
+        return type(func.__name__, (base,), namespace)
 
     return decorator
