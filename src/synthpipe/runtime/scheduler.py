@@ -221,11 +221,12 @@ class _StepState:
     workers: dict[int, int] = field(default_factory=dict)  # ready replica -> outstanding
     held: int = 0  # rows this step holds, in any of the places above
     stats: StepStats = field(default_factory=StepStats)
+    last_error: ErrorRecord | None = None  # of the last rows given up on
 
     def pending_origin(self) -> float:
         """Smallest origin of any row this step holds and has not released."""
         low = min((o[0] for o in self.buffer_origins if o), default=math.inf)
-        if self.ready:  # formed in order, retries put back in front: the first is the lowest
+        if self.ready:  # kept in seq order (see Scheduler._requeue): the first is the lowest
             low = min(low, self.ready[0].min_origin)
         for job in self.in_flight.values():
             if job.batch is not None:
@@ -333,7 +334,8 @@ class Scheduler:
             st.stats.batches += 1
             return self._advance()
         self._complete(st, job.batch, rows)
-        return self._advance()
+        too_many = self._failure_guard(st)
+        return self._fail(too_many) if too_many is not None else self._advance()
 
     def batch_failed(self, step: str, replica: int, ticket: int, error: ErrorRecord) -> list[Action]:
         if self._over():
@@ -346,7 +348,10 @@ class Scheduler:
         if batch is None:
             return self._fail(error)  # a generator cannot resume mid-stream
         batch.attempts += 1
-        if error.retryable and batch.attempts <= st.spec.retries and not self.stopping:
+        if error.retryable and batch.attempts <= st.spec.retries:
+            if self.stopping:  # it may still succeed: leave it unfinished rather than give up
+                self._requeue(st, batch)
+                return self._advance()
             token = next(self._tickets)
             st.waiting[token] = batch
             st.stats.retries += 1
@@ -361,7 +366,7 @@ class Scheduler:
         st = self.states[step]
         batch = st.waiting.pop(token, None)
         if batch is not None:
-            st.ready.appendleft(batch)
+            self._requeue(st, batch)
         return self._advance()
 
     def load_failed(self, step: str, replica: int, error: ErrorRecord) -> list[Action]:
@@ -378,26 +383,27 @@ class Scheduler:
         jobs = sorted((j for j in st.in_flight.values() if j.replica == replica), key=lambda j: j.ticket)
         for job in jobs:
             del st.in_flight[job.ticket]
+        if self.stopping:  # nothing more runs: its batches are simply not finished
+            for job in jobs:
+                if job.batch is not None:
+                    self._requeue(st, job.batch)
+            return self._advance()
         if st.spec.kind == "generator" or any(j.batch is None for j in jobs):
             return self._fail(error)
-        if self.stopping:
-            for job in jobs:  # nothing more runs: the batch is simply not finished
-                st.ready.appendleft(job.batch)  # type: ignore[arg-type]
-            return self._advance()
         restart: list[Action] = [] if st.finished else [RestartWorker(step, replica, error)]
         st.stats.restarts += len(restart)
         if not jobs:
             return [*restart, *self._advance()]
         culprit, innocent = jobs[0].batch, [j.batch for j in jobs[1:]]
         assert culprit is not None
-        for batch in reversed(innocent):  # they only queued behind the culprit
-            st.ready.appendleft(batch)  # type: ignore[arg-type]
+        for batch in innocent:  # they only queued behind the culprit
+            self._requeue(st, batch)  # type: ignore[arg-type]
         culprit.crashes += 1
         if culprit.crashes <= st.spec.max_restarts:
-            st.ready.appendleft(culprit)
+            self._requeue(st, culprit)
         elif st.spec.kind == "normal" and st.spec.on_error == "skip" and culprit.size > 1 and len(culprit.inputs) == 1:
-            for part in reversed(self._split(st, culprit)):
-                st.ready.appendleft(part)
+            for part in self._split(st, culprit):
+                self._requeue(st, part)
         else:
             outcome = self._give_up(st, culprit, error)
             return outcome if self.failed else [*restart, *outcome]
@@ -426,13 +432,17 @@ class Scheduler:
         st.stats.rows_failed += batch.size
         self._complete(st, batch, [])
         actions: list[Action] = [RowsFailed(batch, error)]
-        too_many = self._failure_guard(st, error)
+        st.last_error = error
+        too_many = self._failure_guard(st)
         if too_many is not None:
             return [*actions, *self._fail(too_many)]
         return [*actions, *self._advance()]
 
-    def _failure_guard(self, st: _StepState, error: ErrorRecord) -> ErrorRecord | None:
-        spec, stats = st.spec, st.stats
+    def _failure_guard(self, st: _StepState) -> ErrorRecord | None:
+        """Judged whenever rows complete, failed or not: a rate can pass its limit later."""
+        spec, stats, error = st.spec, st.stats, st.last_error
+        if error is None:
+            return None
         reason = None
         if spec.max_failed_rows is not None and stats.rows_failed > spec.max_failed_rows:
             reason = f"{stats.rows_failed} rows failed, more than max_failed_rows={spec.max_failed_rows}"
@@ -468,6 +478,18 @@ class Scheduler:
         return halves
 
     # -- the engine room ------------------------------------------------------------------
+
+    @staticmethod
+    def _requeue(st: _StepState, batch: Batch) -> None:
+        """Put a batch back among those waiting for a worker, keeping them in seq (and part)
+        order: dispatch stays oldest-first, and the first one holds the lowest origin."""
+        key = (batch.seq, batch.part[0] if batch.part else 0)
+        index = 0
+        for queued in st.ready:
+            if (queued.seq, queued.part[0] if queued.part else 0) > key:
+                break
+            index += 1
+        st.ready.insert(index, batch)
 
     def _pop_job(self, st: _StepState, ticket: int, replica: int) -> _Job | None:
         job = st.in_flight.pop(ticket, None)
