@@ -381,3 +381,61 @@ def YieldOddValue(inputs: StepInput, kind: str = "generator"):
         else:
             row["value"] = open(os.devnull)  # noqa: SIM115 - the point is an open file in a row
     yield inputs
+
+
+def _log_calls(path: str, tag: str, inputs: StepInput) -> None:
+    if path:
+        with open(path, "a") as fh:
+            fh.write("".join(f"{tag}:{row['instruction']}\n" for row in inputs))
+
+
+class CountingGenerator(GeneratorStep):
+    """``total`` rows in batches of ``batch_size``; logs every row it yields to ``calls``."""
+
+    total: int = 100
+    calls: str = ""
+    delay: float = 0.0
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["instruction", "n"]
+
+    def process(self, offset: int = 0):
+        for start in range(offset, self.total, self.batch_size):
+            time.sleep(self.delay)
+            rows = [{"instruction": f"q{i}", "n": i} for i in range(start, min(start + self.batch_size, self.total))]
+            _log_calls(self.calls, self.name, rows)
+            yield rows, start + self.batch_size >= self.total
+
+
+class Counting(Step):
+    """Adds ``tag`` to a column (a parameter that changes its output); logs each row it sees."""
+
+    tag: RuntimeParameter[str] = "x"
+    calls: str = ""
+    delay: float = 0.0
+    fail_every: int = 0  # rows whose n is a multiple of this raise (0: never)
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["instruction"]
+
+    @property
+    def outputs(self) -> list[str]:
+        return [self.name]
+
+    def process(self, inputs: StepInput):
+        time.sleep(self.delay)
+        _log_calls(self.calls, self.name, inputs)
+        if self.fail_every and any(row["n"] % self.fail_every == 0 for row in inputs):
+            raise ValueError("unlucky batch")
+        for row in inputs:
+            row[self.name] = f"{self.tag}{row['n']}"
+        yield inputs
+
+
+@step(inputs=["instruction"], outputs=["joined"])
+def JoinCounting(*inputs: StepInput):
+    left, right = inputs
+    by_n = {row["n"]: row for row in right}
+    yield [{**row, **by_n.get(row["n"], {}), "joined": row["n"] in by_n} for row in left]

@@ -1,4 +1,4 @@
-"""Runs a pipeline: plan, run directory, logging, executor, result.
+"""Runs a pipeline: plan, signatures, store, logging, executor, result.
 
 ``Pipeline.run()`` delegates here (lazily), so the definition layer stays free of the
 process machinery above it.
@@ -6,19 +6,25 @@ process machinery above it.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from synthpipe.distiset import Distiset
 from synthpipe.errors import RunInterrupted
 from synthpipe.pipeline.plan import Plan, build_plan
 from synthpipe.runtime.local import ExecutorHooks, LocalExecutor
-from synthpipe.runtime.scheduler import Batch, Scheduler, StepSpec
+from synthpipe.runtime.scheduler import Batch, Persist, Scheduler, StepSpec
 from synthpipe.runtime.signals import StopSignals
 from synthpipe.store.failed_rows import FailedRowsLedger, read_failed_rows
 from synthpipe.store.leaf_writer import LeafWriter
+from synthpipe.store.pipeline_store import SYNC_EVERY_SECONDS, PipelineStore
 from synthpipe.store.run_dir import RunDirectory, structure_signature
+from synthpipe.store.signature import combined_signature, plan_signatures
 from synthpipe.ui.logs import RunLogging, level_from_env
 from synthpipe.ui.progress import Progress
 
@@ -67,76 +73,163 @@ def run_pipeline(
     *,
     parameters: dict[str, dict[str, Any]] | None = None,
     dataset: Any = None,
+    use_cache: bool = True,
     log_level: str | int | None = None,
     dry_run_batch_size: int | None = None,
 ) -> Distiset:
     level = level_from_env(log_level)
     plan = build_plan(pipeline, parameters, dataset, dry_run_batch_size)
-    run_dir = RunDirectory.create(pipeline.cache_dir, pipeline.name, structure_signature(_describe(plan)))
+    signatures = plan_signatures(plan.order, plan.dag.nodes, {n: plan.dag.predecessors(n) for n in plan.order})
+    store = PipelineStore.for_pipeline(pipeline.cache_dir, pipeline.name, structure_signature(_describe(plan)))
+    store.lock()
+    try:
+        if dry_run_batch_size is not None:  # a try-out: it neither uses nor changes what is stored
+            return _execute(pipeline, plan, signatures, store, level, durable=False)
+        _invalidate(store, plan, signatures, use_cache)
+        finished = store.completed_run(combined_signature(signatures))
+        if finished is not None:
+            return _finished_result(pipeline, plan, signatures, store, *finished, level)
+        return _execute(pipeline, plan, signatures, store, level, durable=True)
+    finally:
+        store.close()
+
+
+def _invalidate(store: PipelineStore, plan: Plan, signatures: dict[str, str], use_cache: bool) -> None:
+    """Forget what is stored for steps run with use_cache=False, and for all that follows them
+    (their inputs are about to change)."""
+    forced = [n for n in plan.order if not use_cache or not plan.step(n).use_cache]
+    for name in plan.order:
+        if name in forced or any(a in forced for a in plan.dag.ancestors(name)):
+            store.invalidate(name, signatures[name])
+
+
+def _finished_result(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], store: PipelineStore,
+                     run_dir: Path, leaves: dict[str, list[str]], level: int) -> Distiset:
+    """The result of a run that finished this very pipeline: no worker starts."""
+    logs = RunLogging(level, None)
+    try:
+        logger.info("synthpipe: pipeline '%s' already finished in run %s; returning its result "
+                    "(run(use_cache=False) computes it again)", pipeline.name, run_dir.name)
+    finally:
+        logs.close()
+    return Distiset.from_leaf_files(
+        {leaf: [run_dir / f for f in leaves.get(leaf, [])] for leaf in plan.dag.leaves()},
+        store.failed_rows(store.finished_batches(signatures), signatures),
+        run_dir=run_dir,
+    )
+
+
+def _execute(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], store: PipelineStore, level: int,
+             durable: bool) -> Distiset:
+    run_dir = store.new_run()
+    run_id = run_dir.run_id
     logs = RunLogging(level, run_dir.log_path)
     leaves = plan.dag.leaves()
     writer = LeafWriter(run_dir.data_dir, leaves)
-    ledger = FailedRowsLedger(run_dir.failed_rows_path)
+    ledger = FailedRowsLedger(store.failed_rows_path if durable else run_dir.failed_rows_path)
+    stored = store.finished_batches(signatures) if durable else {}
     scheduler = Scheduler(
-        step_specs(plan, dry_run=dry_run_batch_size is not None),
+        step_specs(plan, dry_run=not durable),
         max_rows_in_flight=pipeline.max_rows_in_flight,
+        stored={step: {seq: b.rows for seq, b in batches.items()} for step, batches in stored.items()},
     )
     progress = Progress(scheduler.stats())
-
     warned: set[tuple[str | None, str]] = set()
+    synced = [time.monotonic()]
 
     def rows_failed(batch: Batch, error: ErrorRecord) -> None:
         ledger.record(batch.step, batch.seq, batch.row_start, batch.inputs, error,
-                      attempts=max(1, batch.attempts + batch.crashes))
+                      attempts=max(1, batch.attempts + batch.crashes), sig=signatures[batch.step], run=run_id)
         first = (error.step, error.type_name) not in warned
         warned.add((error.step, error.type_name))
         logger.log(logging.WARNING if first else logging.DEBUG, "%s failed, rows skipped%s: %s",
                    error.location(), "" if not first else " (further ones only in the log file)",
                    error.headline())
 
+    def persist(action: Persist, data: bytes) -> None:
+        if durable:
+            store.persist(action.step, signatures[action.step], action.seq, data, len(action.rows), action.last,
+                          action.failed, run_id)
+
+    def replay(step: str, seq: int) -> tuple[list[dict[str, Any]], bool]:
+        batch = stored[step][seq]
+        return store.read_batch(batch), batch.last
+
+    def tick() -> None:
+        progress.tick()
+        if durable and time.monotonic() - synced[0] > SYNC_EVERY_SECONDS:
+            store.sync()
+            synced[0] = time.monotonic()
+
     hooks = ExecutorHooks(
         on_emit=lambda step, seq, rows: writer.write(step, rows),
         on_rows_failed=rows_failed,
-        on_tick=progress.tick,
+        on_persist=persist,
+        on_replay=replay,
+        on_tick=tick,
         on_log=logs.worker_line,
     )
     signals = StopSignals()
     executor = LocalExecutor({n: plan.step(n) for n in plan.order}, scheduler, hooks, signals=signals,
                              log_level=level, stop_grace_seconds=pipeline.stop_grace_seconds)
-    mode = "dry run of" if dry_run_batch_size is not None else "running"
+    mode = "running" if durable else "dry run of"
     logger.info("synthpipe: %s pipeline '%s' (%d steps); run directory %s",
                 mode, pipeline.name, len(plan.order), run_dir.path)
+    reused = sum(len(batches) for batches in stored.values())
+    if reused:
+        logger.info("synthpipe: resuming: %d batch(es) finished by earlier runs are reused, not recomputed", reused)
     outcome = "stopped"
     interrupted: RunInterrupted | None = None
-    try:
-        with signals:
+    with signals:  # also while the run is wound up: a Ctrl+C then must not tear a file in half
+        try:
             executor.run()
-        outcome = "finished"
-    except RunInterrupted as exc:
-        interrupted = exc
-        outcome = str(exc)
-    except BaseException as exc:
-        outcome = f"stopped: {exc}" if str(exc) else f"stopped ({type(exc).__name__})"
-        raise
-    finally:
-        progress.stop()
-        _keep_finished_rows(writer)
-        ledger.close()
-        logger.info("synthpipe: pipeline '%s' %s\n%s", pipeline.name, outcome, "\n".join(progress.summary_lines()))
-        if ledger.count:
-            logger.warning("%s", ledger.summary())
-        if interrupted is not None:
-            logger.warning("%s", _kept_message(run_dir, writer, ledger))
-        logs.close()
+            outcome = "finished"
+        except RunInterrupted as exc:
+            interrupted = exc
+            outcome = str(exc)
+        except BaseException as exc:
+            outcome = f"stopped: {exc}" if str(exc) else f"stopped ({type(exc).__name__})"
+            raise
+        finally:
+            progress.stop()
+            try:
+                _keep_finished_rows(writer)
+            finally:
+                if interrupted is None and signals.received and outcome == "finished":
+                    signum = signals.received[0]  # it came as the finished run was wound up
+                    interrupted = RunInterrupted(signum, f"stopped by {signal.Signals(signum).name}")
+                ledger.close()
+                logger.info("synthpipe: pipeline '%s' %s\n%s", pipeline.name, outcome,
+                            "\n".join(progress.summary_lines()))
+                if ledger.count:
+                    logger.warning("%s", ledger.summary())
+                if interrupted is not None:
+                    logger.warning("%s", _kept_message(run_dir, writer, durable))
+                logs.close()
+        if interrupted is None and signals.received:  # came while the lines above were logged
+            signum = signals.received[0]
+            interrupted = RunInterrupted(signum, f"stopped by {signal.Signals(signum).name}")
     if interrupted is not None:
         if interrupted.signum == signal.SIGINT:
             raise KeyboardInterrupt(str(interrupted)) from None
         raise SystemExit(128 + interrupted.signum)
-    return Distiset.from_leaf_files(
-        {leaf: writer.files(leaf) for leaf in leaves},
-        read_failed_rows(run_dir.failed_rows_path),
-        run_dir=run_dir.path,
-    )
+    files = {leaf: writer.files(leaf) for leaf in leaves}
+    if durable:
+        store.mark_complete(combined_signature(signatures), run_id,
+                            {leaf: [str(f.relative_to(run_dir.path)) for f in fs] for leaf, fs in files.items()})
+        failed = store.failed_rows(store.finished_batches(signatures), signatures)
+        _write_jsonl(run_dir.failed_rows_path, failed)  # with the run's output, as the result has them
+    else:
+        failed = read_failed_rows(run_dir.failed_rows_path)
+    return Distiset.from_leaf_files(files, failed, run_dir=run_dir.path)
+
+
+def _write_jsonl(path: Path, entries: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for entry in entries:
+            fh.write(json.dumps(entry, default=repr) + "\n")
+    os.replace(tmp, path)
 
 
 def _keep_finished_rows(writer: LeafWriter) -> None:
@@ -148,12 +241,11 @@ def _keep_finished_rows(writer: LeafWriter) -> None:
         raise
 
 
-def _kept_message(run_dir: RunDirectory, writer: LeafWriter, ledger: FailedRowsLedger) -> str:
+def _kept_message(run_dir: RunDirectory, writer: LeafWriter, durable: bool) -> str:
     lines = [f"synthpipe: kept what finished, in {run_dir.path}:"]
     for leaf, rows in writer.rows_written.items():
         lines.append(f"  {leaf}: {rows:,} rows in data/{leaf}/")
-    if ledger.count:
-        lines.append(f"  {ledger.count:,} failed rows in failed_rows.jsonl")
-    lines.append("Batches still running were not finished. Run the pipeline again to compute the rest: "
-                 "resuming a stopped run is not implemented yet, so a new run starts from the beginning.")
+    if durable:
+        lines.append("Every finished batch of every step is stored. Run the same pipeline again to resume: "
+                     "finished batches are reused, only the rest is computed.")
     return "\n".join(lines)

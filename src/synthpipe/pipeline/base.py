@@ -89,18 +89,20 @@ class Pipeline:
         parameters: dict[str, dict[str, Any]] | None = None,
         dataset: Any = None,
         *,
+        use_cache: bool = True,
         log_level: str | None = None,
     ) -> Distiset:
         """Validate, run every step in worker processes, return the leaf datasets.
 
         ``parameters`` sets runtime parameters per step name; ``dataset`` (a list of
         dicts, a ``datasets.Dataset`` or a pandas DataFrame) feeds a pipeline whose
-        first step is not a generator.
+        first step is not a generator. Every finished batch is stored: running the same
+        pipeline again resumes, reusing them; ``use_cache=False`` computes everything again.
         """
         from synthpipe.runner import run_pipeline
 
         return run_pipeline(
-            self, parameters=parameters, dataset=dataset, log_level=log_level
+            self, parameters=parameters, dataset=dataset, use_cache=use_cache, log_level=log_level
         )
 
     def dry_run(

@@ -12,6 +12,7 @@ import heapq
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import random
 import signal
 import time
@@ -33,6 +34,7 @@ from synthpipe.errors import (
 )
 from synthpipe.runtime import messages as m
 from synthpipe.runtime.scheduler import (
+    REPLAY,
     Action,
     Batch,
     Dispatch,
@@ -40,6 +42,8 @@ from synthpipe.runtime.scheduler import (
     Fail,
     Finished,
     Generate,
+    Persist,
+    Replay,
     RestartWorker,
     RetryLater,
     RowsFailed,
@@ -84,6 +88,8 @@ class ExecutorHooks:
 
     on_emit: Callable[[str, int, list[dict[str, Any]]], None]
     on_rows_failed: Callable[[Batch, ErrorRecord], None]
+    on_persist: Callable[[Persist, bytes], None] = lambda action, data: None
+    on_replay: Callable[[str, int], tuple[list[dict[str, Any]], bool]] = lambda step, seq: ([], False)
     on_tick: Callable[[], None] = lambda: None
     on_log: Callable[[int, str, str], None] = field(
         default=lambda level, name, text: logging.getLogger(name).log(level, text)
@@ -143,6 +149,7 @@ class LocalExecutor:
         self._timer_ids = 0
         self._stop_deadline: float | None = None
         self._jitter = random.Random()
+        self._received: dict[int, bytes] = {}  # ticket -> output bytes, until persisted
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -356,7 +363,13 @@ class LocalExecutor:
         ticket = message[1]
         self._job_finished(worker, ticket)
         if kind == m.DONE:
-            return self._apply(sched.batch_done(worker.step, worker.replica, ticket, message[2], message[3]))
+            data = message[2]
+            self._received[ticket] = data
+            try:
+                actions = sched.batch_done(worker.step, worker.replica, ticket, pickle.loads(data), message[3])
+                return self._apply(actions)
+            finally:
+                self._received.pop(ticket, None)
         if kind == m.FAILED:
             return self._apply(sched.batch_failed(worker.step, worker.replica, ticket, message[2]))
         raise RuntimeError(f"unknown message from worker {worker.step}/{worker.replica}: {kind!r}")
@@ -367,14 +380,30 @@ class LocalExecutor:
         worker.busy_since = time.monotonic() if worker.outstanding else None
 
     def _apply(self, actions: list[Action]) -> bool | None:
-        """Carry out the scheduler's actions; True when finished, False when failed."""
-        for action in actions:
-            if isinstance(action, Dispatch):
+        """Carry out the scheduler's actions, and those that follow from them (a replay answers
+        at once); True when finished, False when failed."""
+        todo = deque(actions)
+        while todo:
+            action = todo.popleft()
+            if isinstance(action, Replay):
+                try:
+                    rows, last = self.hooks.on_replay(action.step, action.seq)
+                except Exception as exc:
+                    logger.warning("synthpipe: stored batch %d of step '%s' cannot be read (%s); computing it again",
+                                   action.seq, action.step, exc)
+                    todo.extend(self.scheduler.replay_missing(action.step, action.ticket))
+                else:
+                    todo.extend(self.scheduler.batch_done(action.step, REPLAY, action.ticket, rows, last))
+            elif isinstance(action, Persist):
+                data = self._received.get(action.ticket) if action.ticket is not None else None
+                self.hooks.on_persist(action, data if data is not None else pickle.dumps(action.rows, protocol=5))
+            elif isinstance(action, Dispatch):
                 b = action.batch
                 message = (m.BATCH, action.ticket, b.seq, b.row_start, b.inputs)
                 self._send(b.step, action.replica, action.ticket, message)
             elif isinstance(action, Generate):
-                self._send(action.step, action.replica, action.ticket, (m.GENERATE, action.ticket, action.seq))
+                message = (m.GENERATE, action.ticket, action.seq, action.offset)
+                self._send(action.step, action.replica, action.ticket, message)
             elif isinstance(action, Emit):
                 self.hooks.on_emit(action.step, action.seq, action.rows)
             elif isinstance(action, RowsFailed):

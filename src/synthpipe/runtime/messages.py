@@ -1,12 +1,13 @@
 """The wire between coordinator and workers: tuples, pickled once, sent as bytes.
 
-coordinator -> worker:  ("batch", ticket, seq, row_start, inputs) | ("generate", ticket, seq)
+coordinator -> worker:  ("batch", ticket, seq, row_start, inputs) | ("generate", ticket, seq, offset)
                         | ("stop",)
 worker -> coordinator:  ("ready",) | ("load_failed", record)
-                        | ("done", ticket, rows, last) | ("failed", ticket, record)
+                        | ("done", ticket, pickled_rows, last) | ("failed", ticket, record)
                         | ("log", levelno, logger_name, text)
 
 A ticket names one dispatch; a batch sent again (a retry, a part of it) gets a new one.
+Output rows travel pickled on their own, so the coordinator can store those very bytes.
 """
 
 from __future__ import annotations

@@ -21,7 +21,12 @@ Terms:
 - *finished*: a step is finished once its predecessors are and it holds nothing more; that is
   the whole last-batch protocol (a generator reports its last batch itself).
 - *isolation*: a batch that keeps killing its worker is split in halves, and halves again,
-  until the rows that crash are alone; they are failed rows, the rest goes on.
+  until the crashing rows are alone; they are failed rows, the rest goes on.
+- *replay*: a batch finished by an earlier run is not run again: its stored output is given
+  back (``Replay``). That is only right while the batch is the very batch that was stored,
+  i.e. while every row in it came from stored outputs upstream; from the first row that was
+  computed afresh upstream (*fresh*), a step computes afresh too. Fresh outputs are stored
+  (``Persist``) before anything downstream sees them.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ StepKind = Literal["generator", "normal", "global"]
 
 MIN_ROWS_FOR_FAILURE_RATE = 50
 """A step's failure rate is only judged once it has seen this many rows."""
+
+REPLAY = -1
+"""The replica number of a replayed job: no worker runs it."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,7 @@ class Batch:
     attempts: int = 0  # times it raised
     crashes: int = 0  # times it killed its worker (a crash or a timeout)
     part: tuple[int, int] | None = None  # rows [a, b) of its seq's batch, while isolating
+    replay: bool = False  # its output is stored from an earlier run
 
     @property
     def size(self) -> int:
@@ -109,6 +118,33 @@ class Generate:
     replica: int
     seq: int
     ticket: int
+    offset: int = 0  # rows the generator yielded before its first fresh batch (resume)
+
+
+@dataclass
+class Replay:
+    """Give back the stored output of ``step``'s batch ``seq`` instead of running it, by
+    calling ``batch_done(step, REPLAY, ticket, rows, last)`` (or ``replay_missing``)."""
+
+    step: str
+    seq: int
+    ticket: int
+
+
+@dataclass
+class Persist:
+    """Store a freshly finished batch's output; it comes before anything that uses it.
+
+    ``ticket`` names the job whose output this is exactly (its bytes can be stored as
+    received), or is None when the output was put together (isolated parts, failed rows).
+    """
+
+    step: str
+    seq: int
+    rows: list[Row]
+    ticket: int | None
+    last: bool = False
+    failed: int = 0
 
 
 @dataclass
@@ -166,7 +202,9 @@ class Finished:
     """Every step is done."""
 
 
-Action = Union[Dispatch, Generate, Emit, RowsFailed, RetryLater, RestartWorker, Fail, Drained, Finished]
+Action = Union[
+    Dispatch, Generate, Replay, Persist, Emit, RowsFailed, RetryLater, RestartWorker, Fail, Drained, Finished
+]
 
 
 @dataclass
@@ -177,6 +215,7 @@ class StepStats:
     batches: int = 0
     retries: int = 0
     restarts: int = 0
+    replayed: int = 0  # batches given back from the store
 
 
 @dataclass
@@ -184,6 +223,7 @@ class _Output:
     rows: list[Row]
     origins: list[int]
     min_origin: float
+    fresh: bool = True  # computed in this run (not replayed)
 
 
 @dataclass
@@ -201,6 +241,7 @@ class _Isolation:
     min_origin: float
     pending: int
     outputs: dict[int, list[Row]] = field(default_factory=dict)  # part start -> rows
+    failed: int = 0
 
 
 @dataclass
@@ -211,6 +252,7 @@ class _StepState:
     next_seq: int = 0
     rows_batched: int = 0
     ready: deque[Batch] = field(default_factory=deque)
+    replays: deque[Batch] = field(default_factory=deque)  # formed, to give back from the store
     in_flight: dict[int, _Job] = field(default_factory=dict)  # ticket -> job
     waiting: dict[int, Batch] = field(default_factory=dict)  # token -> batch waiting to retry
     isolating: dict[int, _Isolation] = field(default_factory=dict)  # seq -> parts
@@ -222,12 +264,19 @@ class _StepState:
     held: int = 0  # rows this step holds, in any of the places above
     stats: StepStats = field(default_factory=StepStats)
     last_error: ErrorRecord | None = None  # of the last rows given up on
+    stored: dict[int, int] = field(default_factory=dict)  # seq -> rows, finished by an earlier run
+    consumed: list[int] = field(default_factory=list)  # per predecessor: rows taken into batches
+    fresh_at: list[float] = field(default_factory=list)  # per predecessor: first fresh row (inf: none)
+    diverged: bool = False  # generators: producing fresh batches now
+    fresh_offset: int = 0  # generators: rows before the first fresh batch
 
     def pending_origin(self) -> float:
         """Smallest origin of any row this step holds and has not released."""
         low = min((o[0] for o in self.buffer_origins if o), default=math.inf)
         if self.ready:  # kept in seq order (see Scheduler._requeue): the first is the lowest
             low = min(low, self.ready[0].min_origin)
+        if self.replays:
+            low = min(low, self.replays[0].min_origin)
         for job in self.in_flight.values():
             if job.batch is not None:
                 low = min(low, job.batch.min_origin)
@@ -240,7 +289,7 @@ class _StepState:
         return low
 
     def busy(self) -> bool:
-        return bool(self.in_flight or self.ready or self.waiting or self.isolating)
+        return bool(self.in_flight or self.ready or self.replays or self.waiting or self.isolating)
 
 
 class Scheduler:
@@ -252,7 +301,9 @@ class Scheduler:
         *,
         max_rows_in_flight: int = 20_000,
         worker_capacity: int = 2,
+        stored: dict[str, dict[int, int]] | None = None,
     ) -> None:
+        """``stored``: per step, the batches (seq -> rows) an earlier run finished."""
         self.specs = {s.name: s for s in specs}
         self.order = [s.name for s in specs]  # topological
         self.states = {
@@ -260,6 +311,9 @@ class Scheduler:
                 spec=s,
                 buffers=[[] for _ in s.predecessors],
                 buffer_origins=[[] for _ in s.predecessors],
+                stored=dict((stored or {}).get(s.name, {})),
+                consumed=[0 for _ in s.predecessors],
+                fresh_at=[math.inf for _ in s.predecessors],
             )
             for s in specs
         }
@@ -296,6 +350,7 @@ class Scheduler:
         """Raise AssertionError if the running counts disagree with a recount (for tests)."""
         for name, st in self.states.items():
             recount = sum(len(b) for b in st.buffers) + sum(b.size for b in st.ready)
+            recount += sum(b.size for b in st.replays)
             recount += sum(j.batch.size for j in st.in_flight.values() if j.batch is not None)
             recount += sum(b.size for b in st.waiting.values())
             recount += sum(len(r) for iso in st.isolating.values() for r in iso.outputs.values())
@@ -322,20 +377,41 @@ class Scheduler:
         job = self._pop_job(st, ticket, replica)
         if job is None:
             return self._advance()
+        replayed = replica == REPLAY
+        st.stats.replayed += replayed
         if job.batch is None:  # a generator's batch
             seq = job.gen_seq
             if st.last_seq is not None and seq > st.last_seq:
                 return self._advance()  # asked for past the end: nothing there
             if last or (st.spec.max_batches is not None and seq + 1 >= st.spec.max_batches):
                 st.last_seq = seq
-            st.completed[seq] = _Output(rows, [seq] * len(rows), seq)
+            st.completed[seq] = _Output(rows, [seq] * len(rows), seq, fresh=not replayed)
             st.held += len(rows)
             st.stats.rows_out += len(rows)
             st.stats.batches += 1
-            return self._advance()
-        self._complete(st, job.batch, rows)
+            persist: list[Action] = [] if replayed else [Persist(step, seq, rows, ticket, st.last_seq == seq)]
+            return [*persist, *self._advance()]
+        persist = self._complete(st, job.batch, rows, ticket)
         too_many = self._failure_guard(st)
-        return self._fail(too_many) if too_many is not None else self._advance()
+        return [*persist, *(self._fail(too_many) if too_many is not None else self._advance())]
+
+    def replay_missing(self, step: str, ticket: int) -> list[Action]:
+        """The store could not give a batch back (damaged data): compute it afresh."""
+        if self._over():
+            return []
+        st = self.states[step]
+        job = st.in_flight.pop(ticket, None)
+        if job is None:
+            return self._advance()
+        if job.batch is None:
+            return self._fail(ErrorRecord.from_message(
+                "synthpipe.errors.SynthpipeError",
+                f"generator '{step}': its stored batch {job.gen_seq} cannot be read; run with use_cache=False",
+                step=step, batch=job.gen_seq))
+        st.stored.pop(job.batch.seq, None)
+        job.batch.replay = False
+        self._requeue(st, job.batch)
+        return self._advance()
 
     def batch_failed(self, step: str, replica: int, ticket: int, error: ErrorRecord) -> list[Action]:
         if self._over():
@@ -430,8 +506,7 @@ class Scheduler:
         if st.spec.kind != "normal" or st.spec.on_error == "fail":
             return self._fail(error)
         st.stats.rows_failed += batch.size
-        self._complete(st, batch, [])
-        actions: list[Action] = [RowsFailed(batch, error)]
+        actions: list[Action] = [RowsFailed(batch, error), *self._complete(st, batch, [], None, failed=True)]
         st.last_error = error
         too_many = self._failure_guard(st)
         if too_many is not None:
@@ -497,22 +572,30 @@ class Scheduler:
             st.workers[replica] = max(0, st.workers[replica] - 1)
         return job
 
-    def _complete(self, st: _StepState, batch: Batch, rows: list[Row]) -> None:
-        """A batch (or part of one) is through; a whole seq becomes releasable."""
+    def _complete(self, st: _StepState, batch: Batch, rows: list[Row], ticket: int | None,
+                  failed: bool = False) -> list[Action]:
+        """A batch (or part of one) is through; a whole seq becomes releasable, and is stored
+        first if it was computed in this run."""
         st.held += len(rows) - batch.size
         st.stats.rows_in += batch.size
         st.stats.rows_out += len(rows)
+        failed_rows = batch.size if failed else 0
         if batch.part is not None:
             iso = st.isolating[batch.seq]
             iso.outputs[batch.part[0]] = rows
+            iso.failed += failed_rows
             iso.pending -= 1
             if iso.pending:
-                return
+                return []
             del st.isolating[batch.seq]
             rows = [row for start in sorted(iso.outputs) for row in iso.outputs[start]]
+            failed_rows, ticket = iso.failed, None
         origin = 0 if st.spec.kind == "global" else int(batch.min_origin) if batch.size else 0
-        st.completed[batch.seq] = _Output(rows, [origin] * len(rows), batch.min_origin)
+        st.completed[batch.seq] = _Output(rows, [origin] * len(rows), batch.min_origin, fresh=not batch.replay)
         st.stats.batches += 1
+        if batch.replay:
+            return []
+        return [Persist(st.spec.name, batch.seq, rows, None if failed else ticket, failed=failed_rows)]
 
     def _advance(self) -> list[Action]:
         """Move everything forward as far as it can go; return what to do."""
@@ -535,7 +618,13 @@ class Scheduler:
                 actions.append(Drained())
             return actions
         for name in self.order:
-            self._dispatch(self.states[name], actions)
+            st = self.states[name]
+            while st.replays:
+                batch = st.replays.popleft()
+                ticket = next(self._tickets)
+                st.in_flight[ticket] = _Job(ticket, REPLAY, batch)
+                actions.append(Replay(name, batch.seq, ticket))
+            self._dispatch(st, actions)
         self._request_generation(actions)
         return actions
 
@@ -552,6 +641,8 @@ class Scheduler:
             for succ in st.spec.successors:
                 target = self.states[succ]
                 index = target.spec.predecessors.index(st.spec.name)
+                if out.fresh and target.fresh_at[index] == math.inf:
+                    target.fresh_at[index] = target.consumed[index] + len(target.buffers[index])
                 target.buffers[index].extend(out.rows)
                 target.buffer_origins[index].extend(out.origins)
                 target.held += len(out.rows)
@@ -659,7 +750,15 @@ class Scheduler:
         batch = Batch(st.spec.name, st.next_seq, inputs, origins, st.rows_batched)
         st.next_seq += 1
         st.rows_batched += len(inputs[0]) if inputs else 0
-        st.ready.append(batch)
+        same_as_stored = True  # every row of it came from stored outputs upstream
+        for i, rows in enumerate(inputs):
+            st.consumed[i] += len(rows)
+            same_as_stored &= st.consumed[i] <= st.fresh_at[i]
+        if same_as_stored and batch.seq in st.stored:
+            batch.replay = True
+            st.replays.append(batch)
+        else:
+            st.ready.append(batch)
 
     def _dispatch(self, st: _StepState, actions: list[Action]) -> None:
         capacity = 1 if st.spec.kind == "global" else self.worker_capacity
@@ -682,12 +781,14 @@ class Scheduler:
         for name in self.order:
             st = self.states[name]
             spec = st.spec
-            if spec.kind != "generator" or st.finished or 0 not in st.workers:
+            if spec.kind != "generator" or st.finished:
                 continue
-            while st.workers[0] < self.worker_capacity:
-                if st.last_seq is not None:
-                    break
-                if spec.max_batches is not None and st.next_seq >= spec.max_batches:
+            while st.last_seq is None and (spec.max_batches is None or st.next_seq < spec.max_batches):
+                if not st.diverged and st.next_seq not in st.stored:
+                    st.diverged = True  # from here on the generator runs
+                    st.fresh_offset = sum(st.stored.get(seq, 0) for seq in range(st.next_seq))
+                replay = not st.diverged
+                if not replay and (0 not in st.workers or st.workers[0] >= self.worker_capacity):
                     break
                 if held + spec.batch_size > self.max_rows_in_flight and not stalled:
                     break
@@ -695,10 +796,14 @@ class Scheduler:
                 held += spec.batch_size
                 seq = st.next_seq
                 st.next_seq += 1
-                st.workers[0] += 1
                 ticket = next(self._tickets)
+                if replay:
+                    st.in_flight[ticket] = _Job(ticket, REPLAY, None, seq)
+                    actions.append(Replay(name, seq, ticket))
+                    continue
+                st.workers[0] += 1
                 st.in_flight[ticket] = _Job(ticket, 0, None, seq)
-                actions.append(Generate(name, 0, seq, ticket))
+                actions.append(Generate(name, 0, seq, ticket, st.fresh_offset))
 
 
 def _feeders_of_joins(specs: dict[str, StepSpec]) -> set[str]:

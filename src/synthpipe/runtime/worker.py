@@ -87,9 +87,10 @@ def _find_unpicklable(rows: list[dict[str, Any]]) -> tuple[int, str, Any] | None
     return None
 
 
-def _encode_result(step_name: str, message: tuple[Any, ...], rows: list[dict[str, Any]]) -> bytes:
+def _pickle_rows(step_name: str, rows: list[dict[str, Any]]) -> bytes:
+    """The rows as bytes, pickled on their own: the coordinator stores exactly these."""
     try:
-        return m.encode(message)
+        return pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         culprit = _find_unpicklable(rows)
         if culprit is None:
@@ -154,11 +155,11 @@ def _serve(step: Any, step_name: str, replica: int, channel: _Channel, inbox: qu
         kind, ticket, seq = message[0], message[1], message[2]
         if kind == m.GENERATE:
             try:
-                if generator is None:
-                    generator = step.generate_applying_mappings(offset=0)
+                if generator is None:  # resuming: start after the rows already stored
+                    generator = step.generate_applying_mappings(offset=message[3])
                 rows, last = ([], True) if exhausted else next(generator, ([], True))
                 exhausted = exhausted or last
-                data = _encode_result(step_name, (m.DONE, ticket, rows, last), rows)
+                data = m.encode((m.DONE, ticket, _pickle_rows(step_name, rows), last))
             except BaseException as exc:  # noqa: BLE001
                 record = _record(exc, step=step_name, replica=replica, batch=seq, phase="generate")
                 data = m.encode((m.FAILED, ticket, record))
@@ -170,7 +171,7 @@ def _serve(step: Any, step_name: str, replica: int, channel: _Channel, inbox: qu
                  "rows": (row_start, row_start + n - 1) if n else None}
         try:
             rows = step.process_applying_mappings(*inputs)
-            data = _encode_result(step_name, (m.DONE, ticket, rows, False), rows)
+            data = m.encode((m.DONE, ticket, _pickle_rows(step_name, rows), False))
         except BaseException as exc:  # noqa: BLE001
             data = m.encode((m.FAILED, ticket, _record(exc, **where)))
         channel.send(data)

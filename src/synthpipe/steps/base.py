@@ -95,6 +95,7 @@ class _Step(BaseModel):
     max_restarts: int = Field(default=1, ge=0)
     max_failed_rows: Optional[int] = Field(default=None, ge=0)
     max_failure_rate: Optional[float] = Field(default=0.5, ge=0, le=1)
+    use_cache: bool = True
 
     _pipeline: Any = PrivateAttr(default=None)
 

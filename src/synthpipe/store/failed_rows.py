@@ -20,7 +20,8 @@ class FailedRowsLedger:
         self._distinct: dict[tuple[str, str, str], list[Any]] = {}  # -> [rows, traceback]
 
     def record(self, step: str, batch: int, row_start: int, inputs: list[list[dict[str, Any]]],
-               error: ErrorRecord, attempts: int = 1) -> None:
+               error: ErrorRecord, attempts: int = 1, **tags: Any) -> None:
+        """Append one entry per row; ``tags`` (the step's signature, the run) go in each."""
         if self._file is None:
             self._file = self.path.open("a", encoding="utf-8")
         for input_index, rows in enumerate(inputs):
@@ -35,6 +36,7 @@ class FailedRowsLedger:
                     "error_type": error.type_name,
                     "message": error.message,
                     "traceback": error.traceback,
+                    **tags,
                 }
                 self._file.write(json.dumps(entry, default=repr) + "\n")
                 self.count += 1

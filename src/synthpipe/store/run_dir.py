@@ -1,4 +1,4 @@
-"""Where a run keeps its files: ``<cache root>/<pipeline>-<signature>/runs/<run id>/``."""
+"""Where one run keeps its files (log, leaf datasets): ``<pipeline store>/runs/<run id>/``."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def default_cache_root() -> Path:
 
 
 def structure_signature(description: dict[str, Any]) -> str:
-    """A short, stable hash of a pipeline's structure (names the pipeline's directory)."""
+    """A short, stable hash of a pipeline's shape: step names, classes and edges, not
+    parameters, so that a changed parameter finds the same store (and its earlier steps)."""
     blob = json.dumps(description, sort_keys=True, default=repr).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -30,12 +31,15 @@ class RunDirectory:
     path: Path
 
     @classmethod
-    def create(cls, cache_root: str | os.PathLike[str] | None, pipeline_name: str, signature: str) -> RunDirectory:
-        root = Path(cache_root).expanduser() if cache_root else default_cache_root()
+    def create_in(cls, runs_folder: Path) -> RunDirectory:
         run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{time.monotonic_ns() % 100000:05d}"
-        path = root / f"{pipeline_name}-{signature}" / "runs" / run_id
+        path = runs_folder / run_id
         (path / "data").mkdir(parents=True, exist_ok=False)
         return cls(path)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
 
     @property
     def log_path(self) -> Path:

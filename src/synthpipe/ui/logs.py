@@ -27,23 +27,26 @@ def level_from_env(explicit: str | int | None = None) -> int:
 class RunLogging:
     """Attaches a terminal handler and a file handler for the run; ``close()`` undoes it."""
 
-    def __init__(self, level: int, log_file: Path) -> None:
+    def __init__(self, level: int, log_file: Path | None) -> None:
         self.level = level
         self.logger = logging.getLogger(LOGGER_NAME)
         self._saved = (self.logger.level, self.logger.propagate)
         self.console = logging.StreamHandler(sys.stderr)
         self.console.setLevel(level)
         self.console.setFormatter(logging.Formatter("%(message)s"))
-        self.file = logging.FileHandler(log_file, encoding="utf-8")
-        self.file.setLevel(logging.DEBUG)
-        self.file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        self.logger.addHandler(self.console)
-        self.logger.addHandler(self.file)
+        self.handlers: list[logging.Handler] = [self.console]
+        if log_file is not None:
+            file = logging.FileHandler(log_file, encoding="utf-8")
+            file.setLevel(logging.DEBUG)
+            file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            self.handlers.append(file)
+        for handler in self.handlers:
+            self.logger.addHandler(handler)
         self.logger.setLevel(logging.DEBUG)
         self.logger.propagate = False
 
     def close(self) -> None:
-        for handler in (self.console, self.file):
+        for handler in self.handlers:
             self.logger.removeHandler(handler)
             handler.close()
         self.logger.setLevel(self._saved[0])

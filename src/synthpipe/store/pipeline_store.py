@@ -1,0 +1,172 @@
+"""The durable home of one pipeline: ``<cache root>/<name>-<structure signature>/``.
+
+    journal.jsonl       what is finished (the truth for resuming)
+    batches/<step>/<signature>.seg   finished batches, appended
+    failed_rows.jsonl   every failed row, with the batch and run it belongs to
+    runs/<run id>/      one run's log and its leaf datasets (Parquet)
+    lock                held by the run in progress
+
+Steps are found again by their own signature, so a pipeline whose middle step changed
+reuses every finished batch of the steps before it. The coordinator is the only writer.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synthpipe.errors import SynthpipeError
+from synthpipe.store.failed_rows import read_failed_rows
+from synthpipe.store.journal import Journal
+from synthpipe.store.run_dir import RunDirectory, default_cache_root
+from synthpipe.store.segments import Segments
+
+SYNC_EVERY_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    """A finished batch as the journal records it."""
+
+    seq: int
+    key: str
+    offset: int
+    length: int
+    rows: int
+    last: bool
+    failed: int
+    run: str
+
+
+class PipelineStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(root / "journal.jsonl")
+        self.segments = Segments(root / "batches")
+        self.failed_rows_path = root / "failed_rows.jsonl"
+        self._lock: Any = None
+        self._records: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def for_pipeline(cls, cache_root: str | os.PathLike[str] | None, name: str, structure: str) -> PipelineStore:
+        root = Path(cache_root).expanduser() if cache_root else default_cache_root()
+        return cls(root / f"{name}-{structure}")
+
+    # -- the run in progress --------------------------------------------------------------
+
+    def lock(self) -> None:
+        """Only one run of a pipeline at a time: two writers would corrupt the journal."""
+        fh = (self.root / "lock").open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise SynthpipeError(
+                f"this pipeline is already running (pid {holder}) with the store {self.root}; "
+                "wait for it, or give this run another cache_dir"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock = fh
+
+    def new_run(self) -> RunDirectory:
+        return RunDirectory.create_in(self.root / "runs")
+
+    def close(self) -> None:
+        self.segments.close()
+        self.journal.close()
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def sync(self) -> None:
+        """Make what was written so far survive a power loss (a killed process needs no sync)."""
+        self.segments.sync()
+        self.journal.sync()
+
+    # -- reading what is there ------------------------------------------------------------
+
+    def records(self) -> list[dict[str, Any]]:
+        if self._records is None:
+            self._records = self.journal.read()
+        return self._records
+
+    def finished_batches(self, signatures: dict[str, str]) -> dict[str, dict[int, StoredBatch]]:
+        """Per step, the finished batches stored under its current signature."""
+        found: dict[tuple[str, str], dict[int, StoredBatch]] = {}
+        for record in self.records():
+            kind = record.get("t")
+            try:
+                key = (record["step"], record["sig"])
+                if kind == "batch":
+                    found.setdefault(key, {})[int(record["seq"])] = StoredBatch(
+                        int(record["seq"]), record["key"], int(record["off"]), int(record["len"]),
+                        int(record["rows"]), bool(record.get("last", False)), int(record.get("failed", 0)),
+                        str(record.get("run", "")),
+                    )
+                elif kind == "invalidate":
+                    found.pop(key, None)
+            except (KeyError, TypeError, ValueError):
+                continue  # a damaged record is no record
+        result: dict[str, dict[int, StoredBatch]] = {}
+        for step, signature in signatures.items():
+            batches = found.get((step, signature), {})
+            result[step] = {seq: b for seq, b in batches.items() if self.segments.exists(b.key, b.offset, b.length)}
+        return result
+
+    def completed_run(self, pipeline_signature: str) -> tuple[Path, dict[str, list[str]]] | None:
+        """The latest run that finished this very pipeline, if its result files are all there."""
+        for record in reversed(self.records()):
+            if record.get("t") == "invalidate":
+                return None
+            if record.get("t") == "complete" and record.get("sig") == pipeline_signature:
+                run_dir = self.root / "runs" / str(record.get("run"))
+                leaves = record.get("leaves") or {}
+                if all((run_dir / f).exists() for files in leaves.values() for f in files):
+                    return run_dir, leaves
+                return None
+        return None
+
+    def read_batch(self, batch: StoredBatch) -> list[dict[str, Any]]:
+        return self.segments.read(batch.key, batch.offset, batch.length)
+
+    def failed_rows(
+        self, stored: dict[str, dict[int, StoredBatch]], signatures: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        """Failed rows of the finished batches that make up the current result."""
+        keep = []
+        for entry in read_failed_rows(self.failed_rows_path):
+            batch = stored.get(entry.get("step", ""), {}).get(entry.get("batch", -1))
+            if (batch is not None and entry.get("sig") == signatures.get(entry["step"])
+                    and entry.get("run") == batch.run):
+                keep.append(entry)
+        keep.sort(key=lambda e: (list(signatures).index(e["step"]), e["row"], e.get("input_index", 0)))
+        return keep
+
+    # -- writing --------------------------------------------------------------------------
+
+    def invalidate(self, step: str, signature: str) -> None:
+        self.journal.append({"t": "invalidate", "step": step, "sig": signature})
+        self._records = None
+
+    def persist(self, step: str, signature: str, seq: int, data: bytes, rows: int, last: bool,
+                failed: int, run: str) -> None:
+        """Store a finished batch, then journal it: the record never points to missing data."""
+        key, offset, length = self.segments.append(step, signature, data)
+        self._records = None
+        self.journal.append({"t": "batch", "step": step, "sig": signature, "seq": seq, "key": key, "off": offset,
+                             "len": length, "rows": rows, "last": last, "failed": failed, "run": run})
+
+    def mark_complete(self, pipeline_signature: str, run: str, leaves: dict[str, list[str]]) -> None:
+        self.journal.append({"t": "complete", "sig": pipeline_signature, "run": run, "leaves": leaves})
+        self._records = None
+        self.sync()

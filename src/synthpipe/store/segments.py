@@ -1,0 +1,61 @@
+"""Segment files: one append-only file per step signature holding its finished batches.
+
+A batch is stored as the exact pickled rows the worker sent, so replaying it gives back
+the very same Python values (no None filled in for missing keys, no int turned float)
+and storing it costs one write. Readable datasets are the leaf steps' Parquet files.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+
+class Segments:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._open: dict[str, Any] = {}
+
+    def path(self, step: str, signature: str) -> Path:
+        return self.folder / step / f"{signature}.seg"
+
+    def append(self, step: str, signature: str, data: bytes) -> tuple[str, int, int]:
+        """Store ``data``; return (file relative to the store, offset, length)."""
+        key = f"{step}/{signature}.seg"
+        fh = self._open.get(key)
+        if fh is None:
+            path = self.path(step, signature)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = self._open[key] = path.open("ab")
+        offset = fh.tell()
+        fh.write(data)
+        fh.flush()
+        return key, offset, len(data)
+
+    def read(self, key: str, offset: int, length: int) -> list[dict[str, Any]]:
+        with (self.folder / key).open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read(length)
+        if len(data) != length:
+            raise OSError(f"{key}: expected {length} bytes at {offset}, found {len(data)}")
+        return pickle.loads(data)
+
+    def exists(self, key: str, offset: int, length: int) -> bool:
+        try:
+            return (self.folder / key).stat().st_size >= offset + length
+        except OSError:
+            return False
+
+    def sync(self) -> None:
+        for fh in self._open.values():
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def close(self) -> None:
+        for fh in self._open.values():
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+        self._open.clear()

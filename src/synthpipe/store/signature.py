@@ -1,0 +1,56 @@
+"""Step signatures: what a step's output depends on, hashed.
+
+A step's signature covers its class, every parameter that can change its output (runtime
+parameters, column mappings, the data of in-memory generators) and the signatures of its
+predecessors, in order. It leaves out what only changes how the work is done: replicas,
+resources, timeouts, retries, error policy. Batch sizes stay in: finished work is stored
+and found again batch by batch, so a step whose batches are cut differently recomputes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+NOT_IN_SIGNATURE = frozenset({
+    "name", "resources", "on_error", "timeout", "load_timeout", "retries", "retry_delay",
+    "max_restarts", "max_failed_rows", "max_failure_rate", "use_cache",
+})
+
+
+def _stable(value: Any) -> Any:
+    """A JSON-able form of a field value that does not depend on object addresses."""
+    if hasattr(value, "model_dump"):
+        return {"__class__": f"{type(value).__module__}.{type(value).__qualname__}",
+                **{k: _stable(v) for k, v in value.model_dump().items()}}
+    if isinstance(value, dict):
+        return {str(k): _stable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_stable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return f"{type(value).__module__}.{type(value).__qualname__}:{value!r}"
+
+
+def step_signature(step: Any, predecessor_signatures: list[str]) -> str:
+    cls = type(step)
+    fields = {name: _stable(getattr(step, name)) for name in cls.model_fields if name not in NOT_IN_SIGNATURE}
+    blob = json.dumps(
+        {"class": f"{cls.__module__}.{cls.__qualname__}", "fields": fields, "after": predecessor_signatures},
+        sort_keys=True, default=repr,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def plan_signatures(order: list[str], steps: dict[str, Any], predecessors: dict[str, list[str]]) -> dict[str, str]:
+    """Every step's signature, computed in topological order."""
+    signatures: dict[str, str] = {}
+    for name in order:
+        signatures[name] = step_signature(steps[name], [signatures[p] for p in predecessors[name]])
+    return signatures
+
+
+def combined_signature(signatures: dict[str, str]) -> str:
+    """One hash for a whole pipeline's outputs (finds a finished run's result)."""
+    return hashlib.sha256(json.dumps(signatures, sort_keys=True).encode()).hexdigest()[:16]
