@@ -11,6 +11,14 @@ replica is lost with it). The executor honours ``RetryLater`` and ``RestartWorke
 virtual clock that advances one unit per completed job, and checks the scheduler's books
 (``check_invariants``) after every event. Every loop is bounded, so a scheduler that stalls
 fails the test instead of hanging.
+
+The executor also plays the run store: it records every ``Persist`` and checks that a batch is
+stored before anything uses it (an ``Emit`` of its seq, a ``Dispatch`` holding its rows), once
+per run. Given ``stored`` (what an earlier run persisted) it answers ``Replay`` from it, in any
+order among the workers' answers (or at once, as the local executor does, with
+``replay_at_once``; a generator's stored batches always come back before its worker's first
+answer), which lets a test interrupt a run (``stop`` or ``abandon``, a SIGKILL) and
+resume it from what was persisted.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import pytest
 from synthpipe.errors import ErrorRecord, WorkerDied
 from synthpipe.runtime.scheduler import (
     MIN_ROWS_FOR_FAILURE_RATE,
+    REPLAY,
     Action,
     Batch,
     Dispatch,
@@ -35,6 +44,8 @@ from synthpipe.runtime.scheduler import (
     Fail,
     Finished,
     Generate,
+    Persist,
+    Replay,
     RestartWorker,
     RetryLater,
     RowsFailed,
@@ -44,6 +55,7 @@ from synthpipe.runtime.scheduler import (
 
 Row = dict[str, Any]
 StepFn = Callable[[list[list[Row]]], list[Row]]
+Stored = dict[str, dict[int, tuple]]  # step -> seq -> (output rows, last[, rows that went in])
 Hook = tuple[Callable[["FakeExecutor"], bool], Callable[["FakeExecutor"], object]]
 
 
@@ -173,9 +185,23 @@ class FakeExecutor:
         late: dict[str, int] | None = None,
         restart_delay: float = 0.0,
         hooks: list[Hook] | None = None,
+        stored: Stored | None = None,
+        missing: set[tuple[str, int]] | None = None,
+        replay_at_once: bool = False,
     ) -> None:
         self.specs = {s.name: s for s in specs}
-        self.sched = Scheduler(specs, max_rows_in_flight=max_rows_in_flight, worker_capacity=worker_capacity)
+        self.stored = stored or {}  # what an earlier run persisted
+        self.missing = missing or set()  # stored batches the store cannot read back
+        self.replay_at_once = replay_at_once  # answer a Replay right after the actions it came with
+        self.sched = Scheduler(
+            specs,
+            max_rows_in_flight=max_rows_in_flight,
+            worker_capacity=worker_capacity,
+            stored={name: {seq: len(e[0]) for seq, e in seqs.items()} for name, seqs in self.stored.items()},
+            stored_inputs={
+                name: {seq: e[2] for seq, e in seqs.items() if len(e) > 2} for name, seqs in self.stored.items()
+            },
+        )
         self.data = data or {}
         self.fns = fns or {}
         self.rng = random.Random(seed)
@@ -203,6 +229,19 @@ class FakeExecutor:
         self.answered: set[int] = set()  # tickets answered with batch_done
         self.tickets: set[int] = set()  # every ticket handed out: each names one dispatch, never reused
         self.emits: dict[str, list[Emit]] = defaultdict(list)
+        self.persisted: dict[str, dict[int, Persist]] = defaultdict(dict)
+        self.store_queue: list[Replay] = []  # Replays not answered yet
+        self.replays: dict[str, list[int]] = defaultdict(list)  # seqs asked back from the store, in order
+        self.replayed: dict[str, set[int]] = defaultdict(set)  # ...and given back
+        self.replays_before_ready: int | None = None  # Replays asked for before any worker was ready
+        self.durable: dict[int, Row] = {}  # id -> row of every row persisted or replayed (kept alive)
+        self.answer_rows: dict[int, list[Row]] = {}  # ticket -> the rows a worker answered with
+        self.computed: Counter[tuple[str, int, tuple[int, int] | None]] = Counter()  # (step, seq, part) answered
+        self.finished_inputs: dict[tuple[str, int], list[int]] = defaultdict(list)  # ids done or failed per seq
+        self.failed_of: Counter[tuple[str, int]] = Counter()  # rows given up on per seq
+        self.isolated: set[tuple[str, int]] = set()  # seqs dispatched in parts
+        self.gen_offsets: dict[str, list[int]] = defaultdict(list)  # offset of each fresh Generate
+        self.abandoned = False
         self.rows_failed: list[RowsFailed] = []
         self.fails: list[Fail] = []
         self.retry_laters: list[tuple[float, RetryLater]] = []  # (clock when asked, action)
@@ -227,7 +266,18 @@ class FakeExecutor:
 
     @property
     def stopped(self) -> bool:
-        return bool(self.finished or self.fails or self.drained)
+        return bool(self.finished or self.fails or self.drained or self.abandoned)
+
+    def abandon(self) -> None:
+        """The coordinator is SIGKILLed: nothing more happens, only what was persisted survives."""
+        self.abandoned = True
+
+    def persisted_store(self) -> Stored:
+        """What a resumed run finds in the store: every batch persisted by this run."""
+        return {
+            name: {seq: ([dict(r) for r in p.rows], p.last, p.inputs) for seq, p in seqs.items()}
+            for name, seqs in self.persisted.items()
+        }
 
     def emitted(self, leaf: str) -> list[Row]:
         return [r for e in self.emits[leaf] for r in e.rows]
@@ -258,28 +308,60 @@ class FakeExecutor:
         if self.stopped:
             self.after_end.extend(actions)
             return
+        at_once: list[Replay] = []
         for action in actions:
             self.actions.append(action)
-            if isinstance(action, (Dispatch, Generate)):
+            if isinstance(action, (Dispatch, Generate, Replay)):
                 assert action.ticket not in self.tickets, f"ticket {action.ticket} handed out twice"
                 self.tickets.add(action.ticket)
                 if self.stop_requested:
                     self.work_after_stop.append(action)
             if isinstance(action, Dispatch):
-                assert action.batch.step in self.specs
-                key = (action.batch.step, action.replica)
+                batch = action.batch
+                assert batch.step in self.specs and not batch.replay
+                key = (batch.step, action.replica)
                 assert key in self.queues, f"dispatch to a replica that is not ready: {key}"
-                self.dispatched[action.batch.step].append(action.batch)
+                for branch in batch.inputs:  # every row it holds is stored already
+                    assert all(id(r) in self.durable for r in branch), f"{batch.step} {batch.seq}: rows not persisted"
+                if batch.part is not None:
+                    self.isolated.add((batch.step, batch.seq))
+                self.dispatched[batch.step].append(batch)
                 self.queues[key].append(action)
             elif isinstance(action, Generate):
                 key = (action.step, action.replica)
                 assert key in self.queues, f"generate on a replica that is not ready: {key}"
                 self.generates[action.step].append(action.seq)
+                self.gen_offsets[action.step].append(action.offset)
                 self.queues[key].append(action)
+            elif isinstance(action, Replay):
+                assert action.seq in self.stored.get(action.step, {}), f"replay of a batch not stored: {action}"
+                assert action.seq not in self.replays[action.step], f"replayed twice: {action}"
+                self.replays[action.step].append(action.seq)
+                (at_once if self.replay_at_once else self.store_queue).append(action)
+            elif isinstance(action, Persist):
+                name, seq = action.step, action.seq
+                assert seq not in self.persisted[name], f"{name} {seq} persisted twice"
+                assert seq not in self.replayed[name], f"{name} {seq} replayed and then persisted"
+                assert action.failed == self.failed_of[name, seq], f"{action}: {self.failed_of[name, seq]} failed"
+                if action.ticket is not None:  # the very rows the worker answered with
+                    assert action.rows is self.answer_rows[action.ticket] and not action.failed
+                else:  # put together: failed rows or isolated parts
+                    assert action.failed or (name, seq) in self.isolated, action
+                if self.specs[name].kind != "generator":
+                    assert not action.last
+                self.persisted[name][seq] = action
+                self.durable.update((id(r), r) for r in action.rows)
             elif isinstance(action, Emit):
+                name, seq = action.step, action.seq
+                assert seq in self.persisted[name] or seq in self.replayed[name], f"{name} {seq} emitted, not stored"
+                assert all(id(r) in self.durable for r in action.rows)
                 self.emits[action.step].append(action)
                 self.emitted_rows += len(action.rows)
             elif isinstance(action, RowsFailed):
+                name, seq = action.batch.step, action.batch.seq
+                assert seq not in self.persisted[name], f"{name} {seq}: rows failed after it was persisted"
+                self.failed_of[name, seq] += action.batch.size
+                self.finished_inputs[name, seq].extend(ids(action.batch))
                 self.rows_failed.append(action)
             elif isinstance(action, RetryLater):
                 self.retry_laters.append((self.clock, action))
@@ -289,6 +371,8 @@ class FakeExecutor:
                 assert key not in self.queues, f"restart of a worker that is alive: {key}"
                 self.restarts.append(action)
                 self.timer(self.restart_delay, "ready", action.step, action.replica)
+            elif isinstance(action, Persist):
+                self.persisted[action.step][action.seq] = action
             elif isinstance(action, Fail):
                 self.fails.append(action)
             elif isinstance(action, Drained):
@@ -298,6 +382,9 @@ class FakeExecutor:
             else:  # pragma: no cover
                 raise AssertionError(f"unknown action {action!r}")
         self.observe()
+        for replay in at_once:
+            if not self.stopped:
+                self.answer_replay(replay)
 
     def observe(self) -> None:
         for key, q in self.queues.items():
@@ -316,6 +403,8 @@ class FakeExecutor:
     def ready_replica(self, name: str, replica: int) -> None:
         key = (name, replica)
         assert key not in self.queues, f"{key} is already running"
+        if self.replays_before_ready is None:
+            self.replays_before_ready = sum(map(len, self.replays.values()))
         self.queues[key] = deque()
         self.event("worker_ready", name, replica)
 
@@ -366,6 +455,20 @@ class FakeExecutor:
 
     # -- the workers ------------------------------------------------------------------------
 
+    def answer_replay(self, action: Replay) -> None:
+        """The store gives a batch back (or cannot read it)."""
+        name, seq = action.step, action.seq
+        if (name, seq) in self.missing:
+            self.event("replay_missing", name, action.ticket)
+            return
+        stored, last = self.stored[name][seq][:2]
+        rows = [dict(r) for r in stored]  # what unpickling gives
+        self.durable.update((id(r), r) for r in rows)
+        self.replayed[name].add(seq)
+        if self.specs[name].kind == "generator":
+            self.generated_rows += len(rows)
+        self.event("batch_done", name, REPLAY, action.ticket, rows, last)
+
     def _generate(self, action: Generate) -> None:
         name, seq = action.step, action.seq
         if self.gen_crash_at.get(name) == seq:
@@ -377,6 +480,8 @@ class FakeExecutor:
             return
         rows = self.data.get(name, [])
         size = self.specs[name].batch_size
+        if name not in self.cursor:  # a resumed generator starts where the stored batches end
+            self.cursor[name] = action.offset
         if name in self.exhausted:
             chunk, last = [], True
         else:
@@ -389,6 +494,8 @@ class FakeExecutor:
                 self.exhausted.add(name)
         self.generated_rows += len(chunk)
         self.answered.add(action.ticket)
+        self.answer_rows[action.ticket] = chunk
+        self.computed[name, seq, None] += 1
         self.event("batch_done", name, action.replica, action.ticket, chunk, last)
 
     def _process(self, replica: int, action: Dispatch) -> None:
@@ -407,14 +514,29 @@ class FakeExecutor:
             self.kill(batch.step, replica, str(exc))
             return
         self.processed[batch.step].extend(r.get("i", -1) for branch in batch.inputs for r in branch)
+        self.finished_inputs[batch.step, batch.seq].extend(r.get("i", -1) for branch in batch.inputs for r in branch)
         self.answered.add(action.ticket)
+        self.answer_rows[action.ticket] = out
+        self.computed[batch.step, batch.seq, batch.part] += 1
         self.event("batch_done", batch.step, replica, action.ticket, out, False)
 
     def complete_one(self) -> bool:
         keys = [k for k, q in self.queues.items() if q]
+        # A generator's stored batches come back before its fresh ones: the scheduler cannot tell a
+        # stored last batch from the others until it is given back (see the xfail test about it).
+        replaying = {r.step for r in self.store_queue if self.specs[r.step].kind == "generator"}
+        keys = [k for k in keys if k[0] not in replaying]
+        if self.store_queue:
+            keys.append(("<store>", REPLAY))
         if not keys:
             return False
         key = self.rng.choices(keys, weights=[self.weights.get(k[0], 1.0) for k in keys])[0]
+        if key[1] == REPLAY:  # the store answers its requests in any order
+            replay = self.store_queue.pop(self.rng.randrange(len(self.store_queue)))
+            self.completions += 1
+            self.clock += 1.0
+            self.answer_replay(replay)
+            return True
         q = self.queues[key]
         if self.fifo or self.specs[key[0]].kind == "generator":
             action = q.popleft()
@@ -467,6 +589,8 @@ class FakeExecutor:
             self.ready(name)
         else:
             raise AssertionError(f"no Finished/Fail/Drained after {max_steps} rounds")
+        if self.abandoned:  # killed: nothing is answered any more
+            return self
         # Answer whatever is still outstanding and let every timer go off: the scheduler must not act any more.
         for _ in range(max_steps):
             if self.complete_one():
@@ -840,7 +964,7 @@ def test_generate_past_the_end_is_ignored():
     g0, g1 = sched.worker_ready("gen", 0)
     assert isinstance(g0, Generate) and isinstance(g1, Generate) and (g0.seq, g1.seq) == (0, 1)
     acts = sched.batch_done("gen", 0, g0.ticket, rows_of(2), True)
-    assert [type(a) for a in acts] == [Emit, Finished]
+    assert [type(a) for a in acts] == [Persist, Emit, Finished]
     assert sched.batch_done("gen", 0, g1.ticket, [], True) == []
 
 
@@ -852,12 +976,14 @@ def test_generator_last_then_empty_past_end_before_downstream_finishes():
     g0, g1 = sched.worker_ready("gen", 0)
     assert isinstance(g0, Generate) and isinstance(g1, Generate) and (g0.seq, g1.seq) == (0, 1)
     acts = sched.batch_done("gen", 0, g0.ticket, rows_of(2), True)
+    assert acts[0] == Persist("gen", 0, rows_of(2), g0.ticket, last=True)
     (d,) = [a for a in acts if isinstance(a, Dispatch)]
     assert d.batch.size == 2
     assert not any(isinstance(a, (Generate, Finished)) for a in acts)
-    assert sched.batch_done("gen", 0, g1.ticket, [], True) == []  # the request past the end
+    assert sched.batch_done("gen", 0, g1.ticket, [], True) == []  # the request past the end: nothing stored
     acts = sched.batch_done("a", 0, d.ticket, d.batch.inputs[0], False)
-    assert [type(a) for a in acts] == [Emit, Finished]
+    assert [type(a) for a in acts] == [Persist, Emit, Finished]
+    assert (acts[0].step, acts[0].seq, acts[0].ticket, acts[0].last) == ("a", 0, d.ticket, False)
 
 
 # -- backpressure -----------------------------------------------------------------------------
@@ -1182,13 +1308,15 @@ def test_retried_batch_waits_for_retry_due_and_gets_a_new_ticket():
     sched.check_invariants()
     assert sched.job_on("a", 0) == (d1.batch, None)
     assert sched.batch_done("a", 0, d0.ticket, d0.batch.inputs[0]) == []  # a stale answer changes nothing
-    assert sched.batch_done("a", 0, d1.ticket, d1.batch.inputs[0]) == []  # seq 1 waits for seq 0
+    # seq 1 is stored at once, but waits for seq 0 before it is released
+    assert sched.batch_done("a", 0, d1.ticket, d1.batch.inputs[0]) == [persist_of(d1)]
     (d,) = sched.retry_due("a", token)
     assert isinstance(d, Dispatch) and d.batch is d0.batch and d.batch.attempts == 1
     assert d.ticket not in (d0.ticket, d1.ticket)
     assert sched.retry_due("a", token) == []  # a token is used once
     acts = sched.batch_done("a", 0, d.ticket, d.batch.inputs[0])
-    assert [(type(a), getattr(a, "seq", None)) for a in acts] == [(Emit, 0), (Emit, 1), (Finished, None)]
+    assert [(type(a), getattr(a, "seq", None)) for a in acts] == [(Persist, 0), (Emit, 0), (Emit, 1), (Finished, None)]
+    assert acts[0].ticket == d.ticket  # the retry's output, not the failed attempt's
     assert [r["i"] for a in acts if isinstance(a, Emit) for r in a.rows] == list(range(10))
     assert sched.stats()["a"].retries == 1
 
@@ -1350,7 +1478,7 @@ def test_crash_puts_the_jobs_back_and_only_the_oldest_is_the_culprit():
     assert isinstance(innocent, Dispatch) and (innocent.replica, innocent.batch) == (0, d2.batch)
     assert {again.ticket, innocent.ticket}.isdisjoint({d.ticket for d in dispatches})
     # replica 1 finishes its own older job, then dies on the culprit: max_restarts=1, on_error="fail"
-    assert sched.batch_done("a", 1, d1.ticket, d1.batch.inputs[0]) == []
+    assert sched.batch_done("a", 1, d1.ticket, d1.batch.inputs[0]) == [persist_of(d1)]
     assert sched.job_on("a", 1) == (d0.batch, None)
     acts = sched.worker_died("a", 1, e)
     assert [type(a) for a in acts] == [Fail] and acts[0].error is e
@@ -1530,7 +1658,7 @@ def test_failure_guard_by_count(max_failed):
     assert error.type_name == "synthpipe.errors.TooManyFailedRows" and error.step == "a"
     assert f"max_failed_rows={max_failed}" in error.message and "rows [" in error.message
     # the last failed row is recorded, then the run stops at once
-    assert [type(a) for a in ex.actions[-2:]] == [RowsFailed, Fail]
+    assert [type(a) for a in ex.actions[-3:]] == [RowsFailed, Persist, Fail]
     assert ex.sched.stats()["a"].rows_failed == max_failed + 1
 
 
@@ -1555,7 +1683,7 @@ def test_failure_guard_by_rate(rate, n, fails):
     first_judged = min(i for i in bad if i + 1 >= MIN_ROWS_FOR_FAILURE_RATE)
     assert failed == sorted(i for i in bad if i <= first_judged)
     assert stats.rows_in == first_judged + 1 >= MIN_ROWS_FOR_FAILURE_RATE
-    assert [type(a) for a in ex.actions[-2:]] == [RowsFailed, Fail]
+    assert [type(a) for a in ex.actions[-3:]] == [RowsFailed, Persist, Fail]
 
 
 # -- graceful stop ----------------------------------------------------------------------------------
@@ -1603,7 +1731,8 @@ def test_stop_with_rows_held_but_no_job_running_drains_at_once():
     sched = Scheduler(specs, max_rows_in_flight=10)
     sched.start()
     (g0,) = sched.worker_ready("gen", 0)  # the bound allows one request
-    assert sched.batch_done("gen", 0, g0.ticket, rows_of(10), False) == []  # a has no worker yet
+    # a has no worker yet: the batch is only stored
+    assert sched.batch_done("gen", 0, g0.ticket, rows_of(10), False) == [Persist("gen", 0, rows_of(10), g0.ticket)]
     assert sched.rows_held() == 10 and sched.jobs_in_flight() == 0
     assert sched.request_stop() == [Drained()]
     assert sched.worker_ready("a", 0) == []
@@ -1614,9 +1743,9 @@ def test_finished_wins_over_drained():
     specs = [gen("gen", ("a",), batch_size=10), step("a", ("gen",), batch_size=5)]
     sched, (d0, d1) = started(specs)
     assert sched.request_stop() == []  # two jobs are running
-    assert sched.batch_done("a", 0, d1.ticket, d1.batch.inputs[0]) == []
+    assert [type(a) for a in sched.batch_done("a", 0, d1.ticket, d1.batch.inputs[0])] == [Persist]
     acts = sched.batch_done("a", 0, d0.ticket, d0.batch.inputs[0])
-    assert [type(a) for a in acts] == [Emit, Emit, Finished]
+    assert [type(a) for a in acts] == [Persist, Emit, Emit, Finished]
 
 
 @pytest.mark.parametrize("delay", [0.5, 50.0], ids=["due-while-draining", "due-after-drained"])
@@ -1640,7 +1769,8 @@ def test_worker_died_while_stopping_is_not_restarted():
     sched.start()
     sched.worker_ready("a", 0)
     g0, g1 = sched.worker_ready("gen", 0)
-    d0, d1 = sched.batch_done("gen", 0, g0.ticket, rows_of(10), True)
+    p, d0, d1 = sched.batch_done("gen", 0, g0.ticket, rows_of(10), True)
+    assert p == Persist("gen", 0, rows_of(10), g0.ticket, last=True)
     assert isinstance(d0, Dispatch) and isinstance(d1, Dispatch) and d1.replica == 0
     assert sched.request_stop() == []
     assert sched.batch_done("gen", 0, g1.ticket, [], True) == []  # the request past the end: two jobs left
@@ -1762,11 +1892,528 @@ def test_a_batch_that_raises_while_stopping_is_left_unfinished(policy):
     sched.start()
     sched.worker_ready("a", 0)
     g0, g1 = sched.worker_ready("gen", 0)
-    d0, d1 = sched.batch_done("gen", 0, g0.ticket, rows_of(10), True)
+    p, d0, d1 = sched.batch_done("gen", 0, g0.ticket, rows_of(10), True)
+    assert p == Persist("gen", 0, rows_of(10), g0.ticket, last=True)
     assert isinstance(d0, Dispatch) and isinstance(d1, Dispatch)
     assert sched.batch_done("gen", 0, g1.ticket, [], True) == []  # the request past the end
     assert sched.request_stop() == []
-    assert sched.batch_done("a", 0, d1.ticket, d1.batch.inputs[0]) == []
+    assert sched.batch_done("a", 0, d1.ticket, d1.batch.inputs[0]) == [persist_of(d1)]
     acts = sched.batch_failed("a", 0, d0.ticket, err())  # a transient error, 2 retries left
-    assert [a for a in acts if isinstance(a, (Fail, RowsFailed))] == []
+    assert [a for a in acts if isinstance(a, (Fail, RowsFailed, Persist))] == []  # not given up, not stored
     assert Drained() in acts
+
+
+# -- durability: persist, replay, resume ------------------------------------------------------------
+
+
+def reverse_with_total(inputs: list[list[Row]]) -> list[Row]:
+    """A global step: every row, reversed, with how many there were."""
+    return [{**r, "total": len(inputs[0])} for r in reversed(inputs[0])]
+
+
+@dataclass
+class Shape:
+    """A pipeline to interrupt and resume; ``fns`` makes fresh step functions for each run."""
+
+    specs: list[StepSpec]
+    rows: int
+    fns: Callable[[], dict[str, StepFn]]
+    kw: dict[str, Any]
+
+
+RESUME_SHAPES: dict[str, Shape] = {
+    "chain-7-5-3": Shape(
+        [
+            gen("gen", ("a",), batch_size=7),
+            step("a", ("gen",), ("b",), batch_size=5, replicas=2),
+            step("b", ("a",), (), batch_size=3, replicas=2),
+        ],
+        40,
+        lambda: {"a": tag("a"), "b": tag("b")},
+        {},
+    ),
+    "fan-out": Shape(
+        [
+            gen("gen", ("a",), batch_size=6),
+            step("a", ("gen",), ("b", "c"), batch_size=4, replicas=2),
+            step("b", ("a",), (), batch_size=3),
+            step("c", ("a",), (), batch_size=5, replicas=2),
+        ],
+        40,
+        lambda: {"a": tag("a"), "b": tag("b"), "c": keep(lambda r: r["i"] % 2 == 0)},
+        {"fifo": False},
+    ),
+    "join-with-filtering-branch": Shape(
+        join_specs(),
+        45,
+        lambda: {"a": tag("a"), "b": keep(lambda r: r["i"] % 3 != 0), "join": merge},
+        {"fifo": False},
+    ),
+    "global-step": Shape(
+        [
+            gen("gen", ("a",), batch_size=7),
+            step("a", ("gen",), ("g",), batch_size=5, replicas=2),
+            glob("g", ("a",), ("b",)),
+            step("b", ("g",), (), batch_size=4, replicas=2),
+        ],
+        40,
+        lambda: {"a": tag("a"), "g": reverse_with_total, "b": tag("b")},
+        {"fifo": False},
+    ),
+    "replicas-out-of-order": Shape(
+        [
+            gen("gen", ("a",), batch_size=10),
+            step("a", ("gen",), ("leaf",), batch_size=4, replicas=3),
+            step("leaf", ("a",), (), batch_size=6, replicas=3),
+        ],
+        60,
+        lambda: {"a": tag("a"), "leaf": tag("l")},
+        {"fifo": False, "worker_capacity": 3},
+    ),
+    "skip-failures": Shape(
+        chain_specs(replicas=2, on_error="skip", retries=1, retry_delay=0.5, n_b=2),
+        45,
+        lambda: {"a": raising({3, 17, 18, 33}, then=tag("a"))},
+        {},
+    ),
+    "isolation": Shape(
+        chain_specs(replicas=2, on_error="skip", n_b=2),
+        40,
+        lambda: {"a": crashing({13, 27}, then=tag("a"))},
+        {},
+    ),
+}
+
+
+def run_shape(shape: Shape, seed: int, **kw: Any) -> FakeExecutor:
+    return FakeExecutor(shape.specs, {"gen": rows_of(shape.rows)}, shape.fns(), seed=seed, **shape.kw, **kw).run()
+
+
+def persist_of(d: Dispatch) -> Persist:
+    """The Persist a dispatched batch's unchanged output gets."""
+    return Persist(d.batch.step, d.batch.seq, d.batch.inputs[0], d.ticket, inputs=d.batch.size)
+
+
+def merged_store(runs: list[FakeExecutor]) -> Stored:
+    store: Stored = defaultdict(dict)
+    for run in runs:
+        for name, seqs in run.persisted_store().items():
+            store[name].update(seqs)
+    return dict(store)
+
+
+def worker_answers(n: int) -> Callable[[FakeExecutor], bool]:
+    """Hook condition: workers have answered ``n`` jobs (replays not counted)."""
+    return lambda ex: len(ex.answered) >= n
+
+
+def resume_runs(
+    shape: Shape, seed: int, stops: list[tuple[Callable[[FakeExecutor], bool], str]], late: bool, at_once: bool
+) -> list[FakeExecutor]:
+    """Run, interrupt when a condition holds (``stop``: graceful, ``kill``: SIGKILL), resume from what was
+    persisted, and so on; the last run goes to the end. Resumed runs' workers are ready late if ``late``."""
+    runs: list[FakeExecutor] = []
+    for k, (when, how) in enumerate([*stops, (None, "")]):
+        hooks: list[Hook] = (
+            [] if when is None else [(when, FakeExecutor.stop if how == "stop" else FakeExecutor.abandon)]
+        )
+        ready_late = {s.name: 10**9 for s in shape.specs} if late and runs else None
+        run = run_shape(
+            shape, seed + 101 * k, hooks=hooks, stored=merged_store(runs), late=ready_late, replay_at_once=at_once
+        )
+        assert not run.fails, run.fails[0].error.message
+        runs.append(run)
+    return runs
+
+
+def check_resumed(shape: Shape, full: FakeExecutor, runs: list[FakeExecutor], late: bool) -> None:
+    """What resuming promises: the same result, and no finished batch computed twice."""
+    last = runs[-1]
+    assert full.finished == 1 and last.finished == 1 and not last.fails and last.after_end == []
+    for leaf in (s.name for s in shape.specs if not s.successors):  # (a) the result of an uninterrupted run
+        assert [(e.seq, e.rows) for e in last.emits[leaf]] == [(e.seq, e.rows) for e in full.emits[leaf]], leaf
+    for run in runs[:-1]:
+        assert run.abandoned or run.drained == 1 or run.finished == 1
+        assert not any(isinstance(a, Persist) for a in run.after_end)  # nothing stored after the end
+    stored: dict[str, set[int]] = defaultdict(set)  # what the store held when each run started
+    reached: dict[str, list[int]] = defaultdict(list)
+    for run in runs:
+        for name, spec in ((s.name, s) for s in shape.specs):
+            persisted, replays = set(run.persisted[name]), run.replays[name]
+            # everything stored is given back once (by a run that got to the end), nothing else is,
+            # and nothing stored is stored again
+            assert len(replays) == len(set(replays)) and run.replayed[name] <= set(replays) <= stored[name], name
+            if run is last:
+                assert set(replays) == run.replayed[name] == stored[name], name
+            assert run.sched.stats()[name].replayed == len(run.replayed[name])
+            assert persisted.isdisjoint(stored[name]), f"{name}: {persisted & stored[name]} stored twice"
+            # (b) a batch is computed at most once, and not at all once stored; computed but not stored
+            # only for parts of a batch still being isolated when the run was interrupted (or a request
+            # to a generator past its end)
+            for (n, seq, part), times in run.computed.items():
+                if n == name:
+                    assert times == 1 and seq not in stored[name], (name, seq, part, times)
+                    past_end = spec.kind == "generator" and seq > max(full.persisted[name])
+                    assert seq in persisted or part is not None or past_end, (name, seq, part)
+            # each batch stored is the very batch of the uninterrupted run
+            for seq in persisted:
+                mine, theirs = run.persisted[name][seq], full.persisted[name][seq]
+                assert (mine.rows, mine.failed, mine.last) == (theirs.rows, theirs.failed, theirs.last), (name, seq)
+            if spec.kind == "generator":  # a fresh generator resumes right after the stored batches
+                assert run.generates[name][:1] in ([], [len(stored[name])])
+                offset = sum(len(full.persisted[name][seq].rows) for seq in stored[name])
+                assert set(run.gen_offsets[name]) <= {offset}
+            reached[name] += [i for seq in persisted for i in run.finished_inputs[name, seq]]
+            stored[name] |= persisted
+    for name in full.persisted:
+        assert stored[name] == set(full.persisted[name]), name  # every batch stored exactly once, in all
+        # (c) each input row reached the step's function once, across the finished batches of all runs
+        assert sorted(reached[name]) == sorted(
+            i for seq in full.persisted[name] for i in full.finished_inputs[name, seq]
+        )
+    if late:  # (d) replays waited for no worker: all were given back before the first worker was ready
+        for run in runs[1:]:
+            assert run.replays_before_ready in (None, sum(map(len, run.replays.values())))
+
+
+@pytest.mark.parametrize("shape", list(RESUME_SHAPES))
+def test_resume_after_an_interruption_gives_the_same_result_and_recomputes_nothing_stored(shape):
+    s = RESUME_SHAPES[shape]
+    rng = random.Random(shape)
+    tried = Counter()
+    for seed in (0, 1):
+        full = run_shape(s, seed)
+        total = full.completions
+        points = sorted({1, total // 3, total // 2, 2 * total // 3, total - 2, rng.randrange(total), total + 3})
+        for k, at in enumerate(points):
+            for how in ("stop", "kill"):
+                late, at_once = bool((k + seed) % 2), bool(k % 3 == 1)
+                runs = resume_runs(s, seed, [(after(at), how)], late, at_once)
+                check_resumed(s, full, runs, late)
+                first = runs[0]
+                tried["replayed" if any(runs[1].replays.values()) else "none-replayed"] += 1
+                tried["recomputed" if any(runs[1].persisted.values()) else "nothing-left"] += 1
+                tried["replayed-before-any-worker"] += bool(late and runs[1].replays_before_ready)
+                tried["cut-mid-isolation"] += any(
+                    p is not None and q not in first.persisted[n] for n, q, p in first.computed
+                )
+    # the interruptions did land in the middle of things
+    assert tried["replayed"] >= 8 and tried["recomputed"] >= 8 and tried["nothing-left"] >= 2
+    assert tried["replayed-before-any-worker"] >= 4
+    if shape == "isolation":
+        assert tried["cut-mid-isolation"] >= 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_resume_after_two_interruptions(seed):
+    for name in ("chain-7-5-3", "join-with-filtering-branch", "isolation"):
+        s = RESUME_SHAPES[name]
+        full = run_shape(s, seed)
+        third = full.completions // 3
+        # seed 0: the second run is cut short while it is still being given its stored batches back
+        second = after(2) if seed == 0 else worker_answers(third)
+        stops = [(after(third), "kill"), (second, "stop")] if seed % 2 else [(after(third), "stop"), (second, "kill")]
+        runs = resume_runs(s, seed, stops, late=seed == 2, at_once=False)
+        check_resumed(s, full, runs, late=seed == 2)
+        if seed == 0:
+            assert not any(runs[1].persisted.values())
+            assert sum(map(len, runs[1].replayed.values())) < sum(map(len, runs[1].stored.values()))
+        else:
+            assert all(any(run.persisted.values()) for run in runs)
+
+
+def full_store(shape: Shape, seed: int = 0) -> tuple[FakeExecutor, Stored]:
+    full = run_shape(shape, seed)
+    assert full.finished == 1
+    return full, full.persisted_store()
+
+
+def all_late(specs: list[StepSpec]) -> dict[str, int]:
+    """Workers that are never ready unless the run cannot go on without them."""
+    return {s.name: 10**9 for s in specs}
+
+
+def test_every_finished_batch_is_persisted_once_before_it_is_used():
+    """Checked action by action by the FakeExecutor; here the whole picture of uninterrupted runs."""
+    for name, shape in RESUME_SHAPES.items():
+        ex = run_shape(shape, 3)
+        assert ex.finished == 1 and not any(ex.replays.values())
+        for s in shape.specs:
+            persisted = ex.persisted[s.name]
+            assert sorted(persisted) == list(
+                range(ex.sched.states[s.name].next_seq if s.kind != "generator" else max(persisted) + 1)
+            ), (name, s.name)
+            assert ex.sched.stats()[s.name].replayed == 0
+            if s.kind == "generator":  # only the last batch is flagged last; every row generated is stored
+                assert [seq for seq, p in persisted.items() if p.last] == [max(persisted)]
+                assert [r["i"] for seq in sorted(persisted) for r in persisted[seq].rows] == list(range(shape.rows))
+            else:
+                assert sum(p.failed for p in persisted.values()) == ex.sched.stats()[s.name].rows_failed
+            if s.predecessors == ("gen",):  # each row reached the step's function once, in a finished batch
+                reached = [i for seq in persisted for i in ex.finished_inputs[s.name, seq]]
+                assert sorted(reached) == list(range(shape.rows)), (name, s.name)
+    # replicas finish out of order: batches are stored as they finish, yet released in order
+    ex = run_shape(RESUME_SHAPES["replicas-out-of-order"], 0)
+    order = [a.seq for a in ex.actions if isinstance(a, Persist) and a.step == "a"]
+    assert order != sorted(order) and [e.seq for e in ex.emits["leaf"]] == list(range(len(ex.emits["leaf"])))
+
+
+def test_persist_of_a_skipped_batch_and_of_an_isolated_one():
+    specs = [gen("gen", ("a",), batch_size=10), step("a", ("gen",), batch_size=5, on_error="skip")]
+    sched, (d0, d1) = started(specs)
+    e = ErrorRecord.from_message("ValueError", "bad", step="a", retryable=False)
+    acts = sched.batch_failed("a", 0, d0.ticket, e)
+    assert [type(a) for a in acts] == [RowsFailed, Persist, Emit]  # stored, then released (empty)
+    assert acts[1:] == [Persist("a", 0, [], None, failed=5, inputs=5), Emit("a", 0, [])]
+    acts = sched.batch_done("a", 0, d1.ticket, d1.batch.inputs[0])
+    assert [type(a) for a in acts] == [Persist, Emit, Finished]
+    assert (acts[0].seq, acts[0].ticket, acts[0].failed) == (1, d1.ticket, 0)
+    # isolation: the parts are put together, the poison row counted as failed
+    ex = run_isolation("two-poison-rows-in-one-batch", seed=0, replicas=2)
+    assert ex.finished == 1
+    p = ex.persisted["a"][2]
+    assert (p.ticket, p.failed, [r["i"] for r in p.rows]) == (None, 2, [10, 12, 14])
+    assert {r["trail"] for r in p.rows} == {"a"}
+    assert all(q.ticket is not None and q.failed == 0 for seq, q in ex.persisted["a"].items() if seq != 2)
+
+
+def test_resume_replays_the_stored_generator_prefix_then_generates_from_its_offset():
+    specs = [gen("gen", ("a",), batch_size=7), step("a", ("gen",), batch_size=5)]
+    sched = Scheduler(specs, stored={"gen": {0: 7, 1: 7}})
+    r0, r1 = sched.start()  # no worker is ready: the stored batches are given back anyway
+    assert (r0, r1) == (Replay("gen", 0, r0.ticket), Replay("gen", 1, r1.ticket))
+    assert sched.worker_ready("gen", 0) == []  # fresh batches only once the stored ones are back
+    assert sched.worker_ready("a", 0) == []
+    acts = sched.batch_done("gen", REPLAY, r1.ticket, rows_of(14)[7:])  # out of order: held back
+    assert acts == []
+    acts = sched.batch_done("gen", REPLAY, r0.ticket, rows_of(7))
+    assert not any(isinstance(a, Persist) for a in acts)  # given back, not stored again
+    assert [ids(a.batch) for a in acts if isinstance(a, Dispatch)] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    g2, g3 = [a for a in acts if isinstance(a, Generate)]
+    assert (g2.seq, g2.offset, g3.seq, g3.offset) == (2, 14, 3, 14)
+    acts = sched.batch_done("gen", 0, g2.ticket, rows_of(21)[14:])
+    assert acts[0] == Persist("gen", 2, rows_of(21)[14:], g2.ticket)
+    sched.check_invariants()
+    assert (sched.stats()["gen"].replayed, sched.stats()["gen"].batches) == (2, 3)
+    # the same through the FakeExecutor: the generator resumes at row 14, and the result is whole
+    shape = RESUME_SHAPES["chain-7-5-3"]
+    full, store = full_store(shape)
+    for late in (False, True):
+        ex = run_shape(
+            shape,
+            1,
+            stored={"gen": {0: store["gen"][0], 1: store["gen"][1]}},
+            late=all_late(shape.specs) if late else None,
+        )
+        assert ex.finished == 1 and ex.replays["gen"] == [0, 1]
+        assert ex.generates["gen"][:1] == [2] and set(ex.gen_offsets["gen"]) == {14}
+        assert sorted(ex.persisted["gen"]) == [2, 3, 4, 5]
+        assert ex.emitted("b") == full.emitted("b")
+        assert ex.replays_before_ready in (None, 2)
+
+
+def test_a_gap_in_the_stored_generator_batches_ends_the_replay():
+    specs = [gen("gen", ("a",), batch_size=7), step("a", ("gen",), batch_size=5)]
+    sched = Scheduler(specs, stored={"gen": {0: 7, 1: 7, 3: 7}, "a": {0: 5, 1: 5, 2: 5, 3: 5}})
+    r0, r1 = sched.start()
+    assert [(type(a), a.seq) for a in (r0, r1)] == [(Replay, 0), (Replay, 1)]
+    sched.worker_ready("gen", 0)
+    sched.batch_done("gen", REPLAY, r0.ticket, rows_of(7))
+    acts = sched.batch_done("gen", REPLAY, r1.ticket, rows_of(14)[7:])
+    g2, g3 = [a for a in acts if isinstance(a, Generate)]
+    assert (g2.seq, g2.offset, g3.seq, g3.offset) == (2, 14, 3, 14)  # seq 3 is stored, yet generated again
+    # through the FakeExecutor: a's batches made of generator batches 0-1 are replayed, the rest computed
+    shape = RESUME_SHAPES["chain-7-5-3"]
+    full, store = full_store(shape)
+    del store["gen"][2]
+    ex = run_shape(shape, 2, stored=store)
+    assert ex.finished == 1 and ex.emitted("b") == full.emitted("b")
+    assert ex.replays["gen"] == [0, 1] and set(ex.gen_offsets["gen"]) == {14}
+    assert sorted(ex.persisted["gen"]) == [2, 3, 4, 5]
+    assert sorted(ex.replays["a"]) == [0, 1]  # rows 0-9; a's seq 2 holds row 14, the first fresh row
+    assert sorted(b.seq for b in ex.dispatched["a"]) == list(range(2, 8))
+    assert sorted(ex.replays["b"]) == [0, 1, 2]  # a's rows 0-8: those of a's seq 0 and 1 only
+    assert sorted(ex.persisted["b"]) == list(range(3, 14))
+
+
+def test_a_stored_batch_is_not_replayed_once_a_batch_it_depends_on_is_computed_again():
+    shape = RESUME_SHAPES["chain-7-5-3"]
+    full, store = full_store(shape)
+    # a's seq 1 (rows 5-9) is missing: b's seq 1 (rows 3-5) holds row 5, and every later b batch follows it
+    del store["a"][1]
+    ex = run_shape(shape, 0, stored=store)
+    assert ex.finished == 1 and ex.emitted("b") == full.emitted("b")
+    assert sorted(ex.replays["gen"]) == list(range(6))
+    assert sorted(ex.replays["a"]) == [0, 2, 3, 4, 5, 6, 7] and [b.seq for b in ex.dispatched["a"]] == [1]
+    assert ex.replays["b"] == [0] and sorted(ex.persisted["b"]) == list(range(1, 14))
+    # the first generator batch is missing: nothing downstream can be the stored batch any more
+    full, store = full_store(shape)
+    del store["gen"][0]
+    ex = run_shape(shape, 0, stored=store)
+    assert ex.finished == 1 and ex.emitted("b") == full.emitted("b")
+    assert not any(ex.replays.values()) and ex.sched.stats()["b"].replayed == 0
+    assert {name: len(seqs) for name, seqs in ex.persisted.items()} == {"gen": 6, "a": 8, "b": 14}
+    # in a join, a branch computed again makes the join compute again from that origin on, not before
+    shape = RESUME_SHAPES["join-with-filtering-branch"]
+    full, store = full_store(shape)
+    origin_1 = [b.seq for b in full.dispatched["b"] if b.origins[0][0] == 1]
+    del store["b"][origin_1[-1]]
+    ex = run_shape(shape, 0, stored=store)
+    assert ex.finished == 1 and ex.emits["join"] == full.emits["join"]
+    assert ex.replays["join"] == [0] and sorted(ex.persisted["join"]) == list(range(1, 7))
+    assert sorted(ex.replays["a"]) == sorted(store["a"]) and [b.seq for b in ex.dispatched["b"]] == origin_1[-1:]
+
+
+def test_replay_missing_computes_a_batch_again_and_fails_a_generator():
+    specs = [gen("gen", ("a",), batch_size=10), step("a", ("gen",), batch_size=5)]
+    sched = Scheduler(specs, stored={"gen": {0: 10}, "a": {0: 5, 1: 5}})
+    (r,) = sched.start()
+    ra0, ra1 = sched.batch_done("gen", REPLAY, r.ticket, rows_of(10), True)
+    assert (ra0.step, ra0.seq, ra1.seq) == ("a", 0, 1)
+    assert sched.replay_missing("a", ra1.ticket) == []  # no worker yet
+    sched.check_invariants()
+    (d,) = sched.worker_ready("a", 0)
+    assert isinstance(d, Dispatch) and (d.batch.seq, ids(d.batch), d.batch.replay) == (1, [5, 6, 7, 8, 9], False)
+    assert sched.replay_missing("a", ra1.ticket) == []  # an old ticket: nothing to do
+    assert sched.batch_done("a", 0, d.ticket, d.batch.inputs[0]) == [persist_of(d)]
+    acts = sched.batch_done("a", REPLAY, ra0.ticket, rows_of(5))
+    assert [(type(a), getattr(a, "seq", None)) for a in acts] == [(Emit, 0), (Emit, 1), (Finished, None)]
+    assert (sched.stats()["a"].replayed, sched.stats()["gen"].replayed) == (1, 1)
+    # through the FakeExecutor: what follows the batch computed again is computed again too
+    shape = RESUME_SHAPES["chain-7-5-3"]
+    full, store = full_store(shape)
+    ex = run_shape(shape, 0, stored=store, missing={("a", 2)})
+    assert ex.finished == 1 and ex.emitted("b") == full.emitted("b")
+    assert [b.seq for b in ex.dispatched["a"]] == [2] and sorted(ex.persisted["a"]) == [2]
+    assert sorted(ex.replays["a"]) == list(range(8)) and ex.replayed["a"] == set(range(8)) - {2}
+    assert sorted(ex.replayed["b"]) == [0, 1, 2] and sorted(ex.persisted["b"]) == list(range(3, 14))
+    # a generator cannot be given its stored batch 1 back: the run fails, nothing is computed
+    for at_once in (False, True):
+        ex = run_shape(shape, 0, stored=store, missing={("gen", 1)}, replay_at_once=at_once)
+        assert ex.finished == 0 and len(ex.fails) == 1
+        error = ex.fails[0].error
+        assert (error.step, error.batch) == ("gen", 1) and "stored batch 1 cannot be read" in error.message
+        assert not ex.dispatched and not any(ex.persisted.values())
+        assert set(ex.generates["gen"]) <= {6, 7}  # only past the stored batches, if at all
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["workers-ready", "workers-never-ready"])
+def test_everything_stored_finishes_without_computing_anything(late):
+    for name, shape in RESUME_SHAPES.items():
+        full, store = full_store(shape)
+        for at_once in (False, True):
+            ex = run_shape(shape, 5, stored=store, late=all_late(shape.specs) if late else None, replay_at_once=at_once)
+            assert ex.finished == 1 and not ex.fails, name
+            assert not ex.dispatched and not any(ex.persisted.values()) and not ex.rows_failed, name
+            if late:
+                assert ex.queues == {} and not ex.generates  # no worker was ever needed
+            leaves = [s.name for s in shape.specs if not s.successors]
+            assert all(ex.emits[leaf] == full.emits[leaf] for leaf in leaves), name
+            assert {s.name: ex.sched.stats()[s.name].replayed for s in shape.specs} == {
+                s.name: len(store.get(s.name, {})) for s in shape.specs
+            }
+
+
+def test_replays_need_no_worker_and_take_no_worker_capacity():
+    specs = [gen("gen", ("a",), batch_size=10), step("a", ("gen",), batch_size=5)]
+    sched = Scheduler(specs, worker_capacity=1, stored={"gen": {0: 10}, "a": {0: 5, 1: 5}})
+    (r,) = sched.start()
+    ra0, ra1 = sched.batch_done("gen", REPLAY, r.ticket, rows_of(10))
+    assert isinstance(ra0, Replay) and isinstance(ra1, Replay)
+    assert sched.worker_ready("a", 0) == []
+    (g,) = sched.worker_ready("gen", 0)
+    assert (g.seq, g.offset) == (1, 10)
+    # a has two replays in flight and capacity 1: a fresh batch still goes to its worker at once
+    acts = sched.batch_done("gen", 0, g.ticket, rows_of(20)[10:], True)
+    assert [type(a) for a in acts] == [Persist, Dispatch] and acts[1].batch.seq == 2
+    (d,) = [a for a in acts if isinstance(a, Dispatch)]
+    acts = sched.batch_done("a", 0, d.ticket, d.batch.inputs[0])
+    assert [type(a) for a in acts] == [Persist, Dispatch]  # seq 3; seqs 0-2 wait for the replays
+    sched.check_invariants()
+    assert sched.batch_done("a", REPLAY, ra1.ticket, rows_of(10)[5:]) == []
+    acts = sched.batch_done("a", REPLAY, ra0.ticket, rows_of(5))
+    assert [(type(a), a.seq) for a in acts] == [(Emit, 0), (Emit, 1), (Emit, 2)]
+    # a run whose workers are all late, under a tight bound on rows in flight: the replays go on alone
+    shape = RESUME_SHAPES["global-step"]
+    full, store = full_store(shape)
+    del store["b"][5]
+    ex = run_shape(shape, 0, stored=store, late=all_late(shape.specs), max_rows_in_flight=8)
+    assert ex.finished == 1 and ex.emitted("b") == full.emitted("b")
+    assert ex.replays_before_ready == sum(map(len, store.values())) and [b.seq for b in ex.dispatched["b"]] == [5]
+
+
+def test_a_stop_while_replaying_waits_for_the_replays_in_flight():
+    shape = RESUME_SHAPES["chain-7-5-3"]
+    full, store = full_store(shape)
+    ex = run_shape(shape, 0, stored=store, hooks=[(after(3), FakeExecutor.stop)])
+    assert ex.drained == 1 and ex.finished == 0 and ex.work_after_stop == [] and ex.after_end == []
+    assert not any(ex.persisted.values()) and not ex.dispatched
+    assert ex.store_queue == [] and all(set(ex.replays[n]) == ex.replayed[n] for n in ex.replays)
+    assert 0 < sum(map(len, ex.replayed.values())) < sum(map(len, store.values()))
+
+
+# -- known scheduler bugs: durability ------------------------------------------------------------
+
+
+def _empty_fresh_output_case(case: str) -> tuple[FakeExecutor, FakeExecutor, str]:
+    """A batch computed again whose output is now empty (an LLM step answers differently the second
+    time), right where a stored downstream batch ends: (full run, resumed run, leaf)."""
+    if case == "chain-stream-end":  # a's last batch is damaged in the store; computed again, it drops it all
+        shape = RESUME_SHAPES["chain-7-5-3"]
+        full, store = full_store(shape)
+        fns = {"a": keep(lambda r: r["i"] < 35), "b": tag("b")}
+        ex = FakeExecutor(shape.specs, {"gen": rows_of(40)}, fns, seed=0, stored=store, missing={("a", 7)}).run()
+        return full, ex, "b"
+    if case == "join-branch":  # b's batches of origin 0 are not stored; computed again, b drops origin 0
+        specs = join_specs()
+        full = FakeExecutor(specs, {"gen": rows_of(21)}, {"join": merge}, seed=0).run()
+        store = full.persisted_store()
+        for seq in (0, 1, 2):
+            del store["b"][seq]
+        fns = {"b": keep(lambda r: r["i"] >= 7), "join": merge}
+        return full, FakeExecutor(specs, {"gen": rows_of(21)}, fns, seed=0, stored=store).run(), "join"
+    specs = [  # "global-branch": none of b's batches is stored; computed again, b drops every row
+        gen("gen", ("a", "b"), batch_size=7),
+        step("a", ("gen",), ("g",)),
+        step("b", ("gen",), ("g",), batch_size=3),
+        glob("g", ("a", "b")),
+    ]
+    full = FakeExecutor(specs, {"gen": rows_of(21)}, {"g": merge}, seed=0).run()
+    store = full.persisted_store()
+    del store["b"]
+    fns = {"b": keep(lambda r: False), "g": merge}
+    return full, FakeExecutor(specs, {"gen": rows_of(21)}, fns, seed=0, stored=store).run(), "g"
+
+
+@pytest.mark.parametrize("case", ["chain-stream-end", "join-branch", "global-branch"])
+def test_a_stored_batch_cut_where_an_empty_fresh_output_was_is_not_replayed(case):
+    full, ex, leaf = _empty_fresh_output_case(case)
+    assert full.finished == 1 and ex.finished == 1
+    # the result is made of this run's outputs: nothing of what the step dropped this time
+    if case == "chain-stream-end":
+        assert 11 not in ex.replays["b"] and ex.emitted_i("b") == list(range(35))
+    elif case == "join-branch":
+        assert 0 not in ex.replays["join"]
+        assert ex.emits["join"][0].rows == [{"branches": [list(range(7)), []]}]
+    else:
+        assert ex.replays["g"] == []
+        assert ex.emitted("g") == [{"branches": [list(range(21)), []]}]
+
+
+def test_a_generator_asks_for_fresh_batches_only_once_its_stored_ones_are_given_back():
+    """The stored batches may hold the last one: an answer past it must never be stored."""
+    specs = [gen("gen", ("a",), batch_size=7), step("a", ("gen",), batch_size=5)]
+    sched = Scheduler(specs, stored={"gen": {0: 7, 1: 3}})  # 10 rows: batch 1 was the last
+    acts = sched.start()
+    r0, r1 = acts
+    acts += sched.worker_ready("a", 0)
+    assert sched.worker_ready("gen", 0) == []  # replays outstanding: no fresh request yet
+    acts += sched.batch_done("gen", REPLAY, r0.ticket, rows_of(7))
+    acts += sched.batch_done("gen", REPLAY, r1.ticket, rows_of(10)[7:], True)
+    assert not any(isinstance(a, Generate) for a in acts)
+    for d in [a for a in acts if isinstance(a, Dispatch)]:
+        acts += sched.batch_done("a", 0, d.ticket, d.batch.inputs[0])
+    assert isinstance(acts[-1], Finished)
+    # as in a run that was never interrupted (test_generate_past_the_end_is_ignored), nothing past the end is kept
+    assert [a for a in acts if isinstance(a, Persist) and a.step == "gen"] == []
+    assert sched.stats()["gen"].batches == 2

@@ -132,6 +132,8 @@ def _execute(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], store: 
         step_specs(plan, dry_run=not durable),
         max_rows_in_flight=pipeline.max_rows_in_flight,
         stored={step: {seq: b.rows for seq, b in batches.items()} for step, batches in stored.items()},
+        stored_inputs={step: {seq: b.inputs for seq, b in batches.items() if b.inputs is not None}
+                       for step, batches in stored.items()},
     )
     progress = Progress(scheduler.stats())
     warned: set[tuple[str | None, str]] = set()
@@ -149,7 +151,7 @@ def _execute(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], store: 
     def persist(action: Persist, data: bytes) -> None:
         if durable:
             store.persist(action.step, signatures[action.step], action.seq, data, len(action.rows), action.last,
-                          action.failed, run_id)
+                          action.failed, run_id, action.inputs)
 
     def replay(step: str, seq: int) -> tuple[list[dict[str, Any]], bool]:
         batch = stored[step][seq]

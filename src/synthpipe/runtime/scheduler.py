@@ -145,6 +145,7 @@ class Persist:
     ticket: int | None
     last: bool = False
     failed: int = 0
+    inputs: int = 0  # rows that went into the batch (none for a generator)
 
 
 @dataclass
@@ -240,6 +241,7 @@ class _Isolation:
 
     min_origin: float
     pending: int
+    size: int
     outputs: dict[int, list[Row]] = field(default_factory=dict)  # part start -> rows
     failed: int = 0
 
@@ -265,6 +267,7 @@ class _StepState:
     stats: StepStats = field(default_factory=StepStats)
     last_error: ErrorRecord | None = None  # of the last rows given up on
     stored: dict[int, int] = field(default_factory=dict)  # seq -> rows, finished by an earlier run
+    stored_inputs: dict[int, int] = field(default_factory=dict)  # seq -> rows that went in
     consumed: list[int] = field(default_factory=list)  # per predecessor: rows taken into batches
     fresh_at: list[float] = field(default_factory=list)  # per predecessor: first fresh row (inf: none)
     diverged: bool = False  # generators: producing fresh batches now
@@ -302,8 +305,11 @@ class Scheduler:
         max_rows_in_flight: int = 20_000,
         worker_capacity: int = 2,
         stored: dict[str, dict[int, int]] | None = None,
+        stored_inputs: dict[str, dict[int, int]] | None = None,
     ) -> None:
-        """``stored``: per step, the batches (seq -> rows) an earlier run finished."""
+        """``stored``: per step, the batches (seq -> rows out) an earlier run finished;
+        ``stored_inputs``: how many rows went into each, where known (a batch formed now with
+        another size is not the stored one)."""
         self.specs = {s.name: s for s in specs}
         self.order = [s.name for s in specs]  # topological
         self.states = {
@@ -312,6 +318,7 @@ class Scheduler:
                 buffers=[[] for _ in s.predecessors],
                 buffer_origins=[[] for _ in s.predecessors],
                 stored=dict((stored or {}).get(s.name, {})),
+                stored_inputs=dict((stored_inputs or {}).get(s.name, {})),
                 consumed=[0 for _ in s.predecessors],
                 fresh_at=[math.inf for _ in s.predecessors],
             )
@@ -547,7 +554,7 @@ class Scheduler:
             replace(batch, inputs=[rows[k:]], origins=[origins[k:]], part=(lo + k, hi), row_start=batch.row_start + k),
         ]
         if batch.part is None:
-            st.isolating[batch.seq] = _Isolation(batch.min_origin, pending=2)
+            st.isolating[batch.seq] = _Isolation(batch.min_origin, pending=2, size=batch.size)
         else:
             st.isolating[batch.seq].pending += 1
         return halves
@@ -580,6 +587,7 @@ class Scheduler:
         st.stats.rows_in += batch.size
         st.stats.rows_out += len(rows)
         failed_rows = batch.size if failed else 0
+        inputs = batch.size
         if batch.part is not None:
             iso = st.isolating[batch.seq]
             iso.outputs[batch.part[0]] = rows
@@ -589,13 +597,13 @@ class Scheduler:
                 return []
             del st.isolating[batch.seq]
             rows = [row for start in sorted(iso.outputs) for row in iso.outputs[start]]
-            failed_rows, ticket = iso.failed, None
+            failed_rows, ticket, inputs = iso.failed, None, iso.size
         origin = 0 if st.spec.kind == "global" else int(batch.min_origin) if batch.size else 0
         st.completed[batch.seq] = _Output(rows, [origin] * len(rows), batch.min_origin, fresh=not batch.replay)
         st.stats.batches += 1
         if batch.replay:
             return []
-        return [Persist(st.spec.name, batch.seq, rows, None if failed else ticket, failed=failed_rows)]
+        return [Persist(st.spec.name, batch.seq, rows, None if failed else ticket, failed=failed_rows, inputs=inputs)]
 
     def _advance(self) -> list[Action]:
         """Move everything forward as far as it can go; return what to do."""
@@ -754,7 +762,7 @@ class Scheduler:
         for i, rows in enumerate(inputs):
             st.consumed[i] += len(rows)
             same_as_stored &= st.consumed[i] <= st.fresh_at[i]
-        if same_as_stored and batch.seq in st.stored:
+        if same_as_stored and batch.seq in st.stored and st.stored_inputs.get(batch.seq, batch.size) == batch.size:
             batch.replay = True
             st.replays.append(batch)
         else:
@@ -790,6 +798,8 @@ class Scheduler:
                 replay = not st.diverged
                 if not replay and (0 not in st.workers or st.workers[0] >= self.worker_capacity):
                     break
+                if not replay and any(job.replica == REPLAY for job in st.in_flight.values()):
+                    break  # the stored batches may hold the last one: know that before asking for more
                 if held + spec.batch_size > self.max_rows_in_flight and not stalled:
                     break
                 stalled = False  # one batch is enough to get moving again

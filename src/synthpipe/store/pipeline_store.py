@@ -39,6 +39,7 @@ class StoredBatch:
     last: bool
     failed: int
     run: str
+    inputs: int | None  # rows that went in (None in records of older versions)
 
 
 class PipelineStore:
@@ -111,7 +112,7 @@ class PipelineStore:
                     found.setdefault(key, {})[int(record["seq"])] = StoredBatch(
                         int(record["seq"]), record["key"], int(record["off"]), int(record["len"]),
                         int(record["rows"]), bool(record.get("last", False)), int(record.get("failed", 0)),
-                        str(record.get("run", "")),
+                        str(record.get("run", "")), record.get("in"),
                     )
                 elif kind == "invalidate":
                     found.pop(key, None)
@@ -159,12 +160,13 @@ class PipelineStore:
         self._records = None
 
     def persist(self, step: str, signature: str, seq: int, data: bytes, rows: int, last: bool,
-                failed: int, run: str) -> None:
+                failed: int, run: str, inputs: int = 0) -> None:
         """Store a finished batch, then journal it: the record never points to missing data."""
         key, offset, length = self.segments.append(step, signature, data)
         self._records = None
         self.journal.append({"t": "batch", "step": step, "sig": signature, "seq": seq, "key": key, "off": offset,
-                             "len": length, "rows": rows, "last": last, "failed": failed, "run": run})
+                             "len": length, "rows": rows, "in": inputs, "last": last, "failed": failed,
+                             "run": run})
 
     def mark_complete(self, pipeline_signature: str, run: str, leaves: dict[str, list[str]]) -> None:
         self.journal.append({"t": "complete", "sig": pipeline_signature, "run": run, "leaves": leaves})
