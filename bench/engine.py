@@ -14,9 +14,22 @@ a 10-row run. Each configuration runs ``--repeat`` times and the best time is ke
 engine run is checked (row count, order, sample values) so a broken run cannot pass for a
 fast one.
 
+Durability ("cache on vs off"): every finished batch is stored (``PipelineStore.persist``
+appends it to a segment file and a record to the journal). For each configuration the same
+run is also timed with persisting disabled, by replacing ``PipelineStore.persist`` with a
+no-op in this process (the coordinator is the only writer). The two kinds of run are
+interleaved (on, off, on, off, ...), the best of each is kept, and the overhead
+(on - off) / off is compared with the target (under 10 %). Every run gets a new, empty cache
+dir, since a run over a finished store would return the stored result instead of running.
+Cache off still computes the step signatures (which hash the in-memory data of
+``LoadDataFromDicts``) and marks the run complete, so that part of durability's cost is in
+both timings. The coordinator's CPU time is reported too: less noisy on a busy machine.
+Separately, the "instant result" is timed: running a finished pipeline again with the same
+cache dir (100k rows, batch 1000), against its first run.
+
     .venv/bin/python bench/engine.py            # full: 10k and 100k rows, batch 50 and 1000
     .venv/bin/python bench/engine.py --quick    # 10k rows only, one repeat
-    .venv/bin/python bench/engine.py --profile  # also cProfile the coordinator on one config
+    .venv/bin/python bench/engine.py --profile  # also cProfile the coordinator on one config, cache on and off
 
 Results go to stdout (a table) and to ``bench/results/engine.json``.
 """
@@ -24,6 +37,7 @@ Results go to stdout (a table) and to ``bench/results/engine.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import gc
 import io
@@ -35,14 +49,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from synthpipe.pipeline import Pipeline
 from synthpipe.steps import LoadDataFromDicts, StepInput, step
+from synthpipe.store import pipeline_store
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 STARTUP_ROWS = 10
+OVERHEAD_TARGET_PCT = 10.0  # the issue's target for the cost of durability
+INSTANT_CONFIG = (100_000, 1000)  # rows, batch size of the "instant result" measurement
 
 
 # -- the steps (module level: workers are spawned and import this module) -----------------------
@@ -117,22 +135,76 @@ def verify(distiset: Any, expected: list[dict[str, Any]]) -> None:
             raise AssertionError(f"row {k}: expected {want}, got {got}")
 
 
+@contextlib.contextmanager
+def persist_disabled() -> Iterator[list[int]]:
+    """Cache off: ``PipelineStore.persist`` does nothing (no segment write, no journal record) until exit.
+
+    Yields a one-item list counting the skipped calls, so a run can show it really went through here.
+    The coordinator is the only writer, so patching this process is enough.
+    """
+    store_class = pipeline_store.PipelineStore
+    original = store_class.__dict__["persist"]
+    skipped = [0]
+
+    def persist(self: Any, *args: Any, **kwargs: Any) -> None:
+        skipped[0] += 1
+
+    store_class.persist = persist  # type: ignore[method-assign]
+    try:
+        yield skipped
+    finally:
+        store_class.persist = original  # type: ignore[method-assign]
+
+
+def journal_counts(cache_dir: str | Path) -> dict[str, int]:
+    """Records per kind ("batch", "complete", ...) in the journals under ``cache_dir``."""
+    counts: dict[str, int] = {}
+    for path in Path(cache_dir).glob("*/journal.jsonl"):
+        for line in path.read_bytes().splitlines():
+            if line.strip():
+                kind = str(json.loads(line).get("t"))
+                counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
 def engine_run(rows: list[dict[str, Any]], batch_size: int, expected: list[dict[str, Any]],
-               profile: cProfile.Profile | None = None) -> dict[str, float]:
-    """Define, run and check one pipeline; return its timings in seconds."""
-    with tempfile.TemporaryDirectory(prefix="synthpipe-bench-") as cache_dir:
+               profile: cProfile.Profile | None = None, cache: bool = True,
+               cache_dir: str | None = None) -> dict[str, Any]:
+    """Define, run and check one pipeline; return its timings in seconds and what it stored.
+
+    Without ``cache_dir`` the run gets a new, empty one (a finished store would be returned,
+    not run). ``cache=False`` runs it with persisting disabled.
+    """
+    with contextlib.ExitStack() as stack:
+        if cache_dir is None:
+            cache_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="synthpipe-bench-"))
+            if any(Path(cache_dir).iterdir()):
+                raise AssertionError(f"cache dir {cache_dir} is not empty")
+        skipped = stack.enter_context(persist_disabled()) if not cache else None
         t0 = time.perf_counter()
         pipeline = build_pipeline(rows, batch_size, cache_dir)
         t1 = time.perf_counter()
         if profile is not None:
             profile.enable()
+        cpu0 = time.process_time()
         distiset = pipeline.run()
+        cpu1 = time.process_time()
         if profile is not None:
             profile.disable()
         t2 = time.perf_counter()
         verify(distiset, expected)
+        run_dir = str(distiset.run_dir)
         del distiset
-    return {"define_s": t1 - t0, "run_s": t2 - t1}
+        stored = journal_counts(cache_dir)
+    persisted = stored.get("batch", 0)
+    if cache and persisted == 0:
+        raise AssertionError("cache on, yet the run stored no batch")
+    if not cache and (persisted or not skipped or not skipped[0]):
+        raise AssertionError(f"cache off, yet the run stored {persisted} batch(es) "
+                             f"(persist skipped {skipped[0] if skipped else 0} times)")
+    return {"define_s": t1 - t0, "run_s": t2 - t1, "coordinator_cpu_s": cpu1 - cpu0, "persisted": persisted,
+            "persist_skipped": skipped[0] if skipped else 0, "completed": stored.get("complete", 0),
+            "run_dir": run_dir}
 
 
 def loop_time(rows: list[dict[str, Any]], batch_size: int, tries: int = 3) -> tuple[float, list[dict[str, Any]]]:
@@ -159,24 +231,39 @@ def measure_startup(repeat: int) -> dict[str, Any]:
     return {"rows": STARTUP_ROWS, "first_run_s": times[0], "best_s": min(times[1:]), "runs_s": times}
 
 
+def overhead_pct(on_s: float, off_s: float) -> float:
+    return (on_s - off_s) / off_s * 100.0
+
+
 def measure_config(n: int, batch_size: int, repeat: int) -> dict[str, Any]:
+    """Cache-on and cache-off runs interleaved (on, off, on, off, ...); the best of each is kept."""
     rows = make_rows(n)
-    engine: list[dict[str, float]] = []
+    on: list[dict[str, Any]] = []
+    off: list[dict[str, Any]] = []
     loops: list[float] = []
     for _ in range(repeat):
         t_loop, expected = loop_time(rows, batch_size)
         loops.append(t_loop)
         gc.collect()
-        engine.append(engine_run(rows, batch_size, expected))
+        on.append(engine_run(rows, batch_size, expected, cache=True))
+        gc.collect()
+        off.append(engine_run(rows, batch_size, expected, cache=False))
         del expected
-    best = min(engine, key=lambda r: r["run_s"])
+    best = min(on, key=lambda r: r["run_s"])
     engine_s, loop_s = best["run_s"], min(loops)
+    off_s = min(r["run_s"] for r in off)
+    persisted = sorted({r["persisted"] for r in on})
+    skipped = sorted({r["persist_skipped"] for r in off})
+    if persisted != skipped:
+        print(f"  warning: {n:,} rows, batch {batch_size}: cache-on runs stored {persisted} batches, "
+              f"cache-off runs skipped {skipped} persists", flush=True)
+    pct = overhead_pct(engine_s, off_s)
     return {
         "rows": n,
         "batch_size": batch_size,
         "repeat": repeat,
         "engine_s": engine_s,
-        "engine_runs_s": [r["run_s"] for r in engine],
+        "engine_runs_s": [r["run_s"] for r in on],
         "define_s": best["define_s"],
         "engine_rows_per_s": n / engine_s,
         "loop_s": loop_s,
@@ -184,22 +271,87 @@ def measure_config(n: int, batch_size: int, repeat: int) -> dict[str, Any]:
         "loop_rows_per_s": n / loop_s,
         "slowdown": engine_s / loop_s,
         "overhead_us_per_row": (engine_s - loop_s) / n * 1e6,
+        "cache_on_s": engine_s,
+        "cache_off_s": off_s,
+        "cache_off_runs_s": [r["run_s"] for r in off],
+        "cache_off_rows_per_s": n / off_s,
+        "cache_overhead_pct": pct,
+        "cache_overhead_us_per_batch": (engine_s - off_s) / max(persisted[-1], 1) * 1e6,
+        "cache_overhead_over_target": pct > OVERHEAD_TARGET_PCT,
+        "cache_on_coordinator_cpu_s": min(r["coordinator_cpu_s"] for r in on),
+        "cache_off_coordinator_cpu_s": min(r["coordinator_cpu_s"] for r in off),
+        "persisted_batches": persisted[-1],
     }
 
 
-def profile_config(n: int, batch_size: int, top: int = 25) -> str:
+def measure_instant(n: int, batch_size: int, repeat: int) -> dict[str, Any]:
+    """First run of a pipeline in a new cache dir, then the same pipeline again with that cache dir:
+    it is finished, so the second run returns the stored result without starting a worker."""
+    rows = make_rows(n)
+    expected = plain_loop(rows, batch_size)
+    firsts: list[float] = []
+    agains: list[float] = []
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory(prefix="synthpipe-bench-") as cache_dir:
+            if any(Path(cache_dir).iterdir()):
+                raise AssertionError(f"cache dir {cache_dir} is not empty")
+            gc.collect()
+            first = engine_run(rows, batch_size, expected, cache_dir=cache_dir)
+            gc.collect()
+            again = engine_run(rows, batch_size, expected, cache_dir=cache_dir)
+        if again["run_dir"] != first["run_dir"] or again["persisted"] != first["persisted"]:
+            raise AssertionError(f"the second run computed the pipeline again (run dir {again['run_dir']}, "
+                                 f"{again['persisted']} batches stored) instead of returning the finished "
+                                 f"result of {first['run_dir']} ({first['persisted']} batches)")
+        firsts.append(first["run_s"])
+        agains.append(again["run_s"])
+    first_s, again_s = min(firsts), min(agains)
+    return {"rows": n, "batch_size": batch_size, "repeat": repeat, "first_run_s": first_s,
+            "first_runs_s": firsts, "finished_rerun_s": again_s, "finished_reruns_s": agains,
+            "speedup": first_s / again_s}
+
+
+STORE_FUNCTIONS = r"persist|store/journal|store/segments|json/__init__|json/encoder|pickle|fsync|flush|write"
+
+
+def profile_config(n: int, batch_size: int, cache: bool = True, top: int = 25) -> tuple[str, pstats.Stats]:
     """cProfile of the coordinator (this process) over one run; the workers are not profiled."""
     rows = make_rows(n)
     expected = plain_loop(rows, batch_size)
     prof = cProfile.Profile()
-    times = engine_run(rows, batch_size, expected, profile=prof)
+    gc.collect()
+    times = engine_run(rows, batch_size, expected, profile=prof, cache=cache)
     out = io.StringIO()
-    out.write(f"cProfile of the coordinator: {n:,} rows, batch size {batch_size}, "
-              f"run {times['run_s']:.2f}s (profiled, so slower than unprofiled)\n")
+    out.write(f"cProfile of the coordinator, cache {'on' if cache else 'off'}: {n:,} rows, batch size "
+              f"{batch_size}, run {times['run_s']:.2f}s (profiled, so slower than unprofiled)\n")
     stats = pstats.Stats(prof, stream=out)
     stats.sort_stats("tottime").print_stats(top)
     stats.sort_stats("cumulative").print_stats(top)
-    return out.getvalue()
+    out.write("storing (persist, journal, segments, json, pickle, fsync, write, flush):\n")
+    stats.sort_stats("cumulative").print_stats(STORE_FUNCTIONS, top)
+    return out.getvalue(), stats
+
+
+def profile_difference(on: pstats.Stats, off: pstats.Stats, top: int = 25) -> str:
+    """Where the coordinator's extra time with the cache on goes: functions by (on - off) own time."""
+    on_stats: dict[Any, Any] = on.stats  # type: ignore[attr-defined]
+    off_stats: dict[Any, Any] = off.stats  # type: ignore[attr-defined]
+    zero = (0, 0, 0.0, 0.0, {})
+    rows = []
+    for key in set(on_stats) | set(off_stats):
+        a, b = on_stats.get(key, zero), off_stats.get(key, zero)
+        rows.append((a[2] - b[2], a[3] - b[3], a[1], b[1], pstats.func_std_string(key)))
+    rows.sort(key=lambda r: -r[0])
+    total_on = sum(v[2] for v in on_stats.values())
+    total_off = sum(v[2] for v in off_stats.values())
+    lines = [f"coordinator, cache on - cache off, one profiled run each: run() {total_on:.3f}s - {total_off:.3f}s "
+             f"= {total_on - total_off:+.3f}s.",
+             "Own time by function, on - off: the largest differences, then the most negative (waiting for the",
+             "workers in poll shrinks when the extra work fills time the coordinator would have spent idle):",
+             f"{'own s':>8} {'cum s':>8} {'calls on':>9} {'calls off':>9}  function"]
+    shown = rows[:top] + [r for r in rows[-3:] if r[0] < 0 and r not in rows[:top]]
+    lines += [f"{d_tt:>+8.3f} {d_ct:>+8.3f} {n_on:>9} {n_off:>9}  {name}" for d_tt, d_ct, n_on, n_off, name in shown]
+    return "\n".join(lines)
 
 
 def machine_info() -> dict[str, Any]:
@@ -255,21 +407,58 @@ def format_table(startup: dict[str, Any], results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_durability(results: list[dict[str, Any]], instant: dict[str, Any] | None) -> str:
+    lines = [f"durability: cache on vs off (persisting disabled), target overhead < {OVERHEAD_TARGET_PCT:.0f} %", ""]
+    header = (f"{'rows':>8} {'batch':>6} {'batches':>8} {'on s':>8} {'off s':>8} {'overhead':>9} "
+              f"{'us/batch':>9} {'coord CPU on':>13} {'off':>6}  target")
+    lines += [header, "-" * len(header)]
+    over = 0
+    for r in results:
+        flag = f"OVER {OVERHEAD_TARGET_PCT:.0f} %" if r["cache_overhead_over_target"] else "ok"
+        over += r["cache_overhead_over_target"]
+        lines.append(
+            f"{r['rows']:>8,} {r['batch_size']:>6} {r['persisted_batches']:>8,} {r['cache_on_s']:>8.3f} "
+            f"{r['cache_off_s']:>8.3f} {r['cache_overhead_pct']:>8.1f}% {r['cache_overhead_us_per_batch']:>9.1f} "
+            f"{r['cache_on_coordinator_cpu_s']:>12.3f}s {r['cache_off_coordinator_cpu_s']:>5.3f}s  {flag}"
+        )
+    lines += [
+        "",
+        f"{over} of {len(results)} configuration(s) over the {OVERHEAD_TARGET_PCT:.0f} % target" if over
+        else f"all configurations under the {OVERHEAD_TARGET_PCT:.0f} % target",
+        "on: as above (every finished batch stored); off: the same run with PipelineStore.persist a no-op;",
+        "runs interleaved on, off, on, off, best of each; overhead: (on - off) / off; us/batch: (on - off) / batches;",
+        "coord CPU: CPU time of the coordinator (this process) during run(), best of each: less noisy than wall time",
+        "on a busy machine, but without the waits (fsync)",
+    ]
+    if instant is not None:
+        lines += [
+            "",
+            f"instant result ({instant['rows']:,} rows, batch {instant['batch_size']}, best of {instant['repeat']}):",
+            f"  first run (new cache dir)                     {instant['first_run_s']:>8.3f}s",
+            f"  finished pipeline run again (same cache dir)  {instant['finished_rerun_s']:>8.3f}s"
+            f"  ({instant['speedup']:.0f}x faster: the stored result, no worker started)",
+        ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10k rows only, one repeat")
-    parser.add_argument("--repeat", type=int, default=None, help="runs per configuration, best kept (default 3)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="rounds per configuration (one cache-on and one cache-off run each), best kept "
+                             "(default 5; 1 with --quick)")
     parser.add_argument("--rows", type=int, nargs="+", default=None, help="row counts (default 10000 100000)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[50, 1000], help="default 50 1000")
     parser.add_argument("--profile", action="store_true",
-                        help="also cProfile the coordinator on one run (largest rows, smallest batch)")
+                        help="also cProfile the coordinator on one run, cache on and off (largest rows, "
+                             "smallest batch)")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "engine.json")
     args = parser.parse_args(argv)
 
     os.environ["SYNTHPIPE_PROGRESS"] = "0"
     os.environ.setdefault("SYNTHPIPE_LOG_LEVEL", "WARNING")  # the run's INFO lines still go to its log file
 
-    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 5)
     if repeat < 1:
         parser.error("--repeat must be at least 1")
     sizes = args.rows or ([10_000] if args.quick else [10_000, 100_000])
@@ -284,16 +473,29 @@ def main(argv: list[str] | None = None) -> int:
         for batch_size in args.batch_sizes:
             result = measure_config(n, batch_size, repeat)
             results.append(result)
-            print(f"  {n:>8,} rows, batch {batch_size:>5}: engine {result['engine_s']:.3f}s, "
+            print(f"  {n:>8,} rows, batch {batch_size:>5}: engine {result['engine_s']:.3f}s "
+                  f"(cache off {result['cache_off_s']:.3f}s, {result['cache_overhead_pct']:+.1f}%), "
                   f"loop {result['loop_s'] * 1e3:.1f}ms", flush=True)
+    instant_rows = INSTANT_CONFIG[0] if INSTANT_CONFIG[0] in sizes else max(sizes)
+    instant_batch = INSTANT_CONFIG[1] if INSTANT_CONFIG[1] in args.batch_sizes else max(args.batch_sizes)
+    instant = measure_instant(instant_rows, instant_batch, repeat)
+    print(f"  {instant_rows:>8,} rows, batch {instant_batch:>5}: first run {instant['first_run_s']:.3f}s, "
+          f"finished, run again {instant['finished_rerun_s']:.3f}s", flush=True)
     print()
     print(format_table(startup, results))
+    print()
+    print(format_durability(results, instant))
 
-    profile_text = None
+    profiles: dict[str, str] = {}
     if args.profile:
-        profile_text = profile_config(max(sizes), min(args.batch_sizes))
-        print()
-        print(profile_text)
+        stats = {}
+        for cache in (True, False):
+            text, stats[cache] = profile_config(max(sizes), min(args.batch_sizes), cache)
+            profiles["on" if cache else "off"] = text
+            print()
+            print(text)
+        profiles["difference"] = profile_difference(stats[True], stats[False])
+        print(profiles["difference"])
     total = time.perf_counter() - started
 
     report = {
@@ -305,10 +507,26 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "startup": startup,
         "results": results,
+        "durability": {
+            "target_overhead_pct": OVERHEAD_TARGET_PCT,
+            "cache_off": "PipelineStore.persist replaced by a no-op in the coordinator",
+            "order": "interleaved: on, off, on, off, ...; best of each",
+            "configs": [
+                {k: r[k] for k in ("rows", "batch_size", "persisted_batches", "cache_on_s", "cache_off_s",
+                                   "cache_overhead_pct", "cache_overhead_us_per_batch",
+                                   "cache_overhead_over_target", "cache_on_coordinator_cpu_s",
+                                   "cache_off_coordinator_cpu_s")}
+                for r in results
+            ],
+            "over_target": [f"{r['rows']}x{r['batch_size']}" for r in results if r["cache_overhead_over_target"]],
+        },
+        "instant_result": instant,
         "total_benchmark_s": total,
     }
-    if profile_text is not None:
-        report["coordinator_profile"] = profile_text
+    if profiles:
+        report["coordinator_profile"] = profiles["on"]
+        report["coordinator_profile_cache_off"] = profiles["off"]
+        report["coordinator_profile_difference"] = profiles["difference"]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.output} (benchmark took {total:.0f}s)")

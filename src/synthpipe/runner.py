@@ -114,7 +114,7 @@ def _finished_result(pipeline: Pipeline, plan: Plan, signatures: dict[str, str],
         logs.close()
     return Distiset.from_leaf_files(
         {leaf: [run_dir / f for f in leaves.get(leaf, [])] for leaf in plan.dag.leaves()},
-        store.failed_rows(store.finished_batches(signatures), signatures),
+        store.failed_rows(None, signatures),
         run_dir=run_dir,
     )
 
@@ -219,7 +219,7 @@ def _execute(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], store: 
     if durable:
         store.mark_complete(combined_signature(signatures), run_id,
                             {leaf: [str(f.relative_to(run_dir.path)) for f in fs] for leaf, fs in files.items()})
-        failed = store.failed_rows(store.finished_batches(signatures), signatures)
+        failed = store.failed_rows(None, signatures)
         _write_jsonl(run_dir.failed_rows_path, failed)  # with the run's output, as the result has them
     else:
         failed = read_failed_rows(run_dir.failed_rows_path)

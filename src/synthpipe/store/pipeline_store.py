@@ -119,9 +119,14 @@ class PipelineStore:
             except (KeyError, TypeError, ValueError):
                 continue  # a damaged record is no record
         result: dict[str, dict[int, StoredBatch]] = {}
+        sizes: dict[str, int] = {}
         for step, signature in signatures.items():
             batches = found.get((step, signature), {})
-            result[step] = {seq: b for seq, b in batches.items() if self.segments.exists(b.key, b.offset, b.length)}
+            for b in batches.values():
+                if b.key not in sizes:
+                    sizes[b.key] = self.segments.size(b.key)
+            # a record whose bytes never reached the disk (a power cut) is no record
+            result[step] = {seq: b for seq, b in batches.items() if b.offset + b.length <= sizes[b.key]}
         return result
 
     def completed_run(self, pipeline_signature: str) -> tuple[Path, dict[str, list[str]]] | None:
@@ -141,9 +146,13 @@ class PipelineStore:
         return self.segments.read(batch.key, batch.offset, batch.length)
 
     def failed_rows(
-        self, stored: dict[str, dict[int, StoredBatch]], signatures: dict[str, str]
+        self, stored: dict[str, dict[int, StoredBatch]] | None, signatures: dict[str, str]
     ) -> list[dict[str, Any]]:
         """Failed rows of the finished batches that make up the current result."""
+        if not self.failed_rows_path.exists() or self.failed_rows_path.stat().st_size == 0:
+            return []
+        if stored is None:
+            stored = self.finished_batches(signatures)
         keep = []
         for entry in read_failed_rows(self.failed_rows_path):
             batch = stored.get(entry.get("step", ""), {}).get(entry.get("batch", -1))
@@ -161,7 +170,8 @@ class PipelineStore:
 
     def persist(self, step: str, signature: str, seq: int, data: bytes, rows: int, last: bool,
                 failed: int, run: str, inputs: int = 0) -> None:
-        """Store a finished batch, then journal it: the record never points to missing data."""
+        """Store a finished batch, then journal it: the record never points to missing data
+        (and one whose bytes a power cut lost is found out by its size and ignored)."""
         key, offset, length = self.segments.append(step, signature, data)
         self._records = None
         self.journal.append({"t": "batch", "step": step, "sig": signature, "seq": seq, "key": key, "off": offset,

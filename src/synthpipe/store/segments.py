@@ -17,24 +17,33 @@ class Segments:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._open: dict[str, Any] = {}
+        self._ends: dict[str, int] = {}  # where the next append lands, per open file
 
     def path(self, step: str, signature: str) -> Path:
         return self.folder / step / f"{signature}.seg"
 
     def append(self, step: str, signature: str, data: bytes) -> tuple[str, int, int]:
-        """Store ``data``; return (file relative to the store, offset, length)."""
+        """Store ``data``; return (file relative to the store, offset, length).
+
+        The bytes are handed to the kernel before this returns, so the journal record written
+        next never outlives them if the process is killed.
+        """
         key = f"{step}/{signature}.seg"
         fh = self._open.get(key)
         if fh is None:
             path = self.path(step, signature)
             path.parent.mkdir(parents=True, exist_ok=True)
             fh = self._open[key] = path.open("ab")
-        offset = fh.tell()
+            self._ends[key] = fh.tell()
+        offset = self._ends[key]
         fh.write(data)
         fh.flush()
+        self._ends[key] = offset + len(data)
         return key, offset, len(data)
 
     def read(self, key: str, offset: int, length: int) -> list[dict[str, Any]]:
+        if key in self._open:
+            self._open[key].flush()
         with (self.folder / key).open("rb") as fh:
             fh.seek(offset)
             data = fh.read(length)
@@ -42,11 +51,15 @@ class Segments:
             raise OSError(f"{key}: expected {length} bytes at {offset}, found {len(data)}")
         return pickle.loads(data)
 
-    def exists(self, key: str, offset: int, length: int) -> bool:
+    def size(self, key: str) -> int:
+        """Bytes in a segment file as the disk has it (0 if it is gone)."""
+        fh = self._open.get(key)
+        if fh is not None:
+            fh.flush()
         try:
-            return (self.folder / key).stat().st_size >= offset + length
+            return (self.folder / key).stat().st_size
         except OSError:
-            return False
+            return 0
 
     def sync(self) -> None:
         for fh in self._open.values():
@@ -59,3 +72,4 @@ class Segments:
             os.fsync(fh.fileno())
             fh.close()
         self._open.clear()
+        self._ends.clear()
