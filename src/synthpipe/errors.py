@@ -148,18 +148,6 @@ class ErrorRecord:
             exc.__cause__ = RemoteTraceback(self.traceback)
         return exc
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": self.type_name,
-            "message": self.message,
-            "traceback": self.traceback,
-            "step": self.step,
-            "replica": self.replica,
-            "batch": self.batch,
-            "rows": list(self.rows) if self.rows else None,
-            "phase": self.phase,
-        }
-
 
 def _round_trip(exc: BaseException) -> bytes | None:
     try:
