@@ -2417,3 +2417,17 @@ def test_a_generator_asks_for_fresh_batches_only_once_its_stored_ones_are_given_
     # as in a run that was never interrupted (test_generate_past_the_end_is_ignored), nothing past the end is kept
     assert [a for a in acts if isinstance(a, Persist) and a.step == "gen"] == []
     assert sched.stats()["gen"].batches == 2
+
+
+def test_failed_rows_of_replayed_batches_count_for_the_failure_guard():
+    """A resumed run still knows the rows that failed in the batches it replays."""
+    specs = [gen("gen", ("a",), batch_size=5), step("a", ("gen",), on_error="skip", max_failed_rows=3)]
+    sched = Scheduler(specs, stored={"gen": {0: 5}, "a": {0: 0}}, stored_inputs={"a": {0: 5}},
+                      stored_failed={"a": {0: 5}})
+    (r0,) = sched.start()
+    acts = sched.batch_done("gen", REPLAY, r0.ticket, rows_of(5), True)
+    (ra,) = [a for a in acts if isinstance(a, Replay)]
+    acts = sched.batch_done("a", REPLAY, ra.ticket, [])
+    assert isinstance(acts[-1], Fail)
+    assert "5 rows failed, more than max_failed_rows=3" in acts[-1].error.message
+    assert sched.stats()["a"].rows_failed == 5 and sched.stats()["a"].replayed == 1

@@ -134,6 +134,8 @@ def _execute(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], store: 
         stored={step: {seq: b.rows for seq, b in batches.items()} for step, batches in stored.items()},
         stored_inputs={step: {seq: b.inputs for seq, b in batches.items() if b.inputs is not None}
                        for step, batches in stored.items()},
+        stored_failed={step: {seq: b.failed for seq, b in batches.items() if b.failed}
+                       for step, batches in stored.items()},
     )
     progress = Progress(scheduler.stats())
     warned: set[tuple[str | None, str]] = set()

@@ -268,6 +268,7 @@ class _StepState:
     last_error: ErrorRecord | None = None  # of the last rows given up on
     stored: dict[int, int] = field(default_factory=dict)  # seq -> rows, finished by an earlier run
     stored_inputs: dict[int, int] = field(default_factory=dict)  # seq -> rows that went in
+    stored_failed: dict[int, int] = field(default_factory=dict)  # seq -> rows that failed in it
     consumed: list[int] = field(default_factory=list)  # per predecessor: rows taken into batches
     fresh_at: list[float] = field(default_factory=list)  # per predecessor: first fresh row (inf: none)
     diverged: bool = False  # generators: producing fresh batches now
@@ -306,10 +307,12 @@ class Scheduler:
         worker_capacity: int = 2,
         stored: dict[str, dict[int, int]] | None = None,
         stored_inputs: dict[str, dict[int, int]] | None = None,
+        stored_failed: dict[str, dict[int, int]] | None = None,
     ) -> None:
         """``stored``: per step, the batches (seq -> rows out) an earlier run finished;
         ``stored_inputs``: how many rows went into each, where known (a batch formed now with
-        another size is not the stored one)."""
+        another size is not the stored one); ``stored_failed``: rows that failed in each (they
+        still count for the failure guard and the statistics when the batch is replayed)."""
         self.specs = {s.name: s for s in specs}
         self.order = [s.name for s in specs]  # topological
         self.states = {
@@ -319,6 +322,7 @@ class Scheduler:
                 buffer_origins=[[] for _ in s.predecessors],
                 stored=dict((stored or {}).get(s.name, {})),
                 stored_inputs=dict((stored_inputs or {}).get(s.name, {})),
+                stored_failed=dict((stored_failed or {}).get(s.name, {})),
                 consumed=[0 for _ in s.predecessors],
                 fresh_at=[math.inf for _ in s.predecessors],
             )
@@ -398,6 +402,10 @@ class Scheduler:
             st.stats.batches += 1
             persist: list[Action] = [] if replayed else [Persist(step, seq, rows, ticket, st.last_seq == seq)]
             return [*persist, *self._advance()]
+        if replayed and st.stored_failed.get(job.batch.seq):
+            st.stats.rows_failed += st.stored_failed[job.batch.seq]
+            st.last_error = st.last_error or ErrorRecord.from_message(
+                "synthpipe.errors.SynthpipeError", "rows that failed in an earlier run", step=step)
         persist = self._complete(st, job.batch, rows, ticket)
         too_many = self._failure_guard(st)
         return [*persist, *(self._fail(too_many) if too_many is not None else self._advance())]
