@@ -439,3 +439,40 @@ def JoinCounting(*inputs: StepInput):
     left, right = inputs
     by_n = {row["n"]: row for row in right}
     yield [{**row, **by_n.get(row["n"], {}), "joined": row["n"] in by_n} for row in left]
+
+
+class GilHog(Step):
+    """On the row ``at``, runs a regular expression that backtracks for minutes without ever
+    releasing the GIL, so the worker cannot even read its pipe."""
+
+    at: str = "q1"
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["instruction"]
+
+    def process(self, inputs: StepInput):
+        import re
+
+        if any(row["instruction"] == self.at for row in inputs):
+            re.match(r"(a+)+$", "a" * 40 + "b")
+        yield inputs
+
+
+class SlowUnload(Step):
+    """Sleeps ``seconds`` in unload(), after touching ``marker``."""
+
+    seconds: float = 60.0
+    marker: str = ""
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["instruction"]
+
+    def process(self, inputs: StepInput):
+        yield inputs
+
+    def unload(self) -> None:
+        if self.marker:
+            open(self.marker, "w").close()
+        time.sleep(self.seconds)

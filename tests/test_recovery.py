@@ -142,3 +142,28 @@ def test_step_that_cannot_be_sent_to_a_worker_is_named():
         LoadDataFromDicts(name="load", data=[{"instruction": "x", "lock": threading.Lock()}])
     with pytest.raises(SynthpipeError, match="step 'load' cannot be sent to a worker process: field 'data'"):
         pipeline.run()
+
+
+def test_a_step_holding_the_gil_cannot_block_the_coordinator():
+    """The next batch is too big for the pipe while the worker cannot read: the coordinator
+    must still see the timeout."""
+    from steps_lib import GilHog
+
+    data = [{"instruction": "q0"}, {"instruction": "q1"}, {"instruction": "q2", "big": "x" * 8_000_000}]
+    with Pipeline(name="gil") as pipeline:
+        LoadDataFromDicts(data=data, batch_size=1) >> GilHog(name="hog", timeout=2.0, input_batch_size=1,
+                                                              max_restarts=0)
+    start = time.monotonic()
+    with pytest.raises(StepFailed, match="ran longer than the step's timeout of 2s"):
+        pipeline.run()
+    assert time.monotonic() - start < 30
+
+
+def test_column_type_changing_between_chunks_is_named_and_not_recorded_as_finished(tmp_path):
+    from synthpipe.store.leaf_writer import LeafWriter
+
+    writer = LeafWriter(tmp_path, ["leaf"], chunk_rows=2)
+    writer.write("leaf", [{"v": 1}, {"v": None}])
+    writer.write("leaf", [{"v": None}, {"v": 2}])  # null then int: fine
+    with pytest.raises(SynthpipeError, match="step 'leaf' produced column 'v' values of another type"):
+        writer.write("leaf", [{"v": "two"}, {"v": "three"}])

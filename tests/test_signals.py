@@ -189,3 +189,14 @@ def test_sigint_in_process_raises_keyboard_interrupt_and_leaves_nothing(tmp_path
     assert time.monotonic() - start < 20
     assert signal.getsignal(signal.SIGINT) is before
     _wait_for(lambda: not child_pids(), timeout=5)
+
+
+def test_second_ctrl_c_while_workers_unload_stops_at_once(tmp_path):
+    proc, marker = _start(tmp_path, "slowunload", seconds=60, grace=60)
+    _wait_for(marker.exists, timeout=30)  # the run is done; its worker is in unload()
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    code, _, err, took = _finish(proc, timeout=20)
+    assert took < 6, err
+    assert "SIGINT while workers finish: stopping them now" in err

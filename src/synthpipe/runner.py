@@ -122,8 +122,16 @@ def _finished_result(pipeline: Pipeline, plan: Plan, signatures: dict[str, str],
 def _execute(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], store: PipelineStore, level: int,
              durable: bool) -> Distiset:
     run_dir = store.new_run()
-    run_id = run_dir.run_id
     logs = RunLogging(level, run_dir.log_path)
+    try:
+        return _execute_logged(pipeline, plan, signatures, store, level, durable, run_dir)
+    finally:
+        logs.close()
+
+
+def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], store: PipelineStore, level: int,
+                    durable: bool, run_dir: RunDirectory) -> Distiset:
+    run_id = run_dir.run_id
     leaves = plan.dag.leaves()
     writer = LeafWriter(run_dir.data_dir, leaves)
     ledger = FailedRowsLedger(store.failed_rows_path if durable else run_dir.failed_rows_path)
@@ -162,6 +170,7 @@ def _execute(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], store: 
     def tick() -> None:
         progress.tick()
         if durable and time.monotonic() - synced[0] > SYNC_EVERY_SECONDS:
+            ledger.sync()
             store.sync()
             synced[0] = time.monotonic()
 
@@ -171,7 +180,7 @@ def _execute(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], store: 
         on_persist=persist,
         on_replay=replay,
         on_tick=tick,
-        on_log=logs.worker_line,
+        on_log=RunLogging.worker_line,
     )
     signals = StopSignals()
     executor = LocalExecutor({n: plan.step(n) for n in plan.order}, scheduler, hooks, signals=signals,
@@ -187,6 +196,7 @@ def _execute(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], store: 
     with signals:  # also while the run is wound up: a Ctrl+C then must not tear a file in half
         try:
             executor.run()
+            writer.close()  # the last leaf rows; a type clash is this run's error
             outcome = "finished"
         except RunInterrupted as exc:
             interrupted = exc
@@ -209,7 +219,6 @@ def _execute(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], store: 
                     logger.warning("%s", ledger.summary())
                 if interrupted is not None:
                     logger.warning("%s", _kept_message(run_dir, writer, durable))
-                logs.close()
         if interrupted is None and signals.received:  # came while the lines above were logged
             signum = signals.received[0]
             interrupted = RunInterrupted(signum, f"stopped by {signal.Signals(signum).name}")
@@ -218,14 +227,15 @@ def _execute(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], store: 
             raise KeyboardInterrupt(str(interrupted)) from None
         raise SystemExit(128 + interrupted.signum)
     files = {leaf: writer.files(leaf) for leaf in leaves}
-    if durable:
-        store.mark_complete(combined_signature(signatures), run_id,
-                            {leaf: [str(f.relative_to(run_dir.path)) for f in fs] for leaf, fs in files.items()})
-        failed = store.failed_rows(None, signatures)
-        _write_jsonl(run_dir.failed_rows_path, failed)  # with the run's output, as the result has them
-    else:
-        failed = read_failed_rows(run_dir.failed_rows_path)
-    return Distiset.from_leaf_files(files, failed, run_dir=run_dir.path)
+    if not durable:
+        return Distiset.from_leaf_files(files, read_failed_rows(run_dir.failed_rows_path), run_dir=run_dir.path)
+    failed = store.failed_rows(None, signatures)
+    _write_jsonl(run_dir.failed_rows_path, failed)  # with the run's output, as the result has them
+    distiset = Distiset.from_leaf_files(files, failed, run_dir=run_dir.path)
+    # only a result that could be built is recorded as the pipeline's result
+    store.mark_complete(combined_signature(signatures), run_id,
+                        {leaf: [str(f.relative_to(run_dir.path)) for f in fs] for leaf, fs in files.items()})
+    return distiset
 
 
 def _write_jsonl(path: Path, entries: list[dict[str, Any]]) -> None:
@@ -237,12 +247,12 @@ def _write_jsonl(path: Path, entries: list[dict[str, Any]]) -> None:
 
 
 def _keep_finished_rows(writer: LeafWriter) -> None:
-    """Write out the leaf rows still buffered, whatever ended the run."""
+    """Write out the leaf rows still buffered, whatever ended the run; a failure here is
+    reported but never replaces the error that ended the run."""
     try:
         writer.close()
-    except Exception:
-        logger.exception("synthpipe: could not write the last leaf rows")
-        raise
+    except Exception as exc:
+        logger.error("synthpipe: could not write the last leaf rows: %s", exc)
 
 
 def _kept_message(run_dir: RunDirectory, writer: LeafWriter, durable: bool) -> str:

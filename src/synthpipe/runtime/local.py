@@ -13,8 +13,10 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
+import queue
 import random
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -57,12 +59,39 @@ logger = logging.getLogger("synthpipe.runtime")
 START_METHODS = ("spawn", "forkserver")
 
 
+MAX_MESSAGES_PER_WAKEUP = 64  # per worker: one chatty worker must not starve timers and signals
+
+
+class _Outbox:
+    """Sends to one worker from a thread of its own, so the coordinator's loop never blocks
+    on a full pipe (a worker whose step holds the GIL reads nothing for a while)."""
+
+    def __init__(self, conn: Connection, name: str) -> None:
+        self.conn = conn
+        self.queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=f"outbox:{name}", daemon=True).start()
+
+    def put(self, data: bytes) -> None:
+        self.queue.put(data)
+
+    def close(self) -> None:
+        self.queue.put(None)
+
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            try:
+                self.conn.send_bytes(data)
+            except (OSError, ValueError):  # the worker is gone (its sentinel says how)
+                return
+
+
 @dataclass
 class _Worker:
     step: str
     replica: int
     process: Any
     conn: Connection
+    outbox: _Outbox
     ready: bool = False
     exited: bool = False
     conn_closed: bool = False
@@ -217,7 +246,8 @@ class LocalExecutor:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child_conn.close()
-        self.workers[(name, replica)] = _Worker(name, replica, process, parent_conn)
+        self.workers[(name, replica)] = _Worker(name, replica, process, parent_conn,
+                                                 _Outbox(parent_conn, f"{name}:{replica}"))
         logger.debug("started %s replica %d as pid %s", name, replica, process.pid)
 
     def _loop(self) -> bool | None:
@@ -242,9 +272,12 @@ class LocalExecutor:
                     continue
                 if worker.exited:
                     continue
-                outcome = self._drain(worker)
-                if outcome is None and obj is not worker.conn:
-                    outcome = self._exited(worker)
+                if obj is worker.conn:
+                    outcome = self._drain(worker, MAX_MESSAGES_PER_WAKEUP)
+                else:  # it ended: first everything it sent before (the pipe holds a finite amount)
+                    outcome = self._drain(worker, None)
+                    if outcome is None:
+                        outcome = self._exited(worker)
                 if outcome is not None:
                     break
             if outcome is None:
@@ -310,10 +343,13 @@ class LocalExecutor:
                 worker.timed_out = True
                 worker.process.kill()
 
-    def _drain(self, worker: _Worker) -> bool | None:
-        """Handle every message waiting on a worker's pipe."""
+    def _drain(self, worker: _Worker, limit: int | None) -> bool | None:
+        """Handle the messages waiting on a worker's pipe, at most ``limit`` of them (the rest
+        waits for the next turn of the loop, so timers and signals are not starved)."""
         try:
-            while worker.conn.poll():
+            count = 0
+            while (limit is None or count < limit) and worker.conn.poll():
+                count += 1
                 outcome = self._handle(worker, m.decode(worker.conn.recv_bytes()))
                 if outcome is not None:
                     return outcome
@@ -324,6 +360,7 @@ class LocalExecutor:
     def _exited(self, worker: _Worker) -> bool | None:
         worker.process.join(timeout=1.0)
         worker.exited = True
+        worker.outbox.close()
         worker.conn.close()
         how = describe_exit(worker.process.exitcode)
         who = f"step '{worker.step}' replica {worker.replica}"
@@ -428,10 +465,7 @@ class LocalExecutor:
         worker.outstanding.append(ticket)
         if worker.busy_since is None:
             worker.busy_since = time.monotonic()
-        try:
-            worker.conn.send_bytes(m.encode(message))
-        except (BrokenPipeError, ConnectionResetError, OSError):
-            pass  # the worker is dead; its sentinel reports it
+        worker.outbox.put(m.encode(message))
 
     def _shutdown(self, grace: float) -> None:
         """Ask every worker to stop, wait up to ``grace`` seconds, then end the rest by PID.
@@ -443,17 +477,23 @@ class LocalExecutor:
             if not worker.ready:
                 worker.process.terminate()
                 continue
-            try:
-                worker.conn.send_bytes(m.encode((m.STOP,)))
-            except OSError:
-                pass
+            worker.outbox.put(m.encode((m.STOP,)))
         deadline = time.monotonic() + grace
         alive = [w for w in live if w.process.is_alive()]
+        signals_before = len(self.signals.received) if self.signals is not None else 0
         while alive:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            wait([w.process.sentinel for w in alive], timeout=remaining)
+            waitables: list[Any] = [w.process.sentinel for w in alive]
+            if self.signals is not None:
+                waitables.append(self.signals.fileno())
+            wait(waitables, timeout=remaining)
+            if self.signals is not None and len(self.signals.received) > signals_before:
+                self.signals.clear_wakeups()
+                logger.warning("synthpipe: %s while workers finish: stopping them now",
+                               signal.Signals(self.signals.received[-1]).name)
+                break
             for w in alive:
                 self._drain_logs(w)
             alive = [w for w in alive if w.process.is_alive()]
@@ -465,6 +505,7 @@ class LocalExecutor:
                 wait([w.process.sentinel for w in alive], timeout=1.0)
         for worker in self.workers.values():
             worker.process.join(timeout=1.0)
+            worker.outbox.close()
             if not worker.conn.closed:
                 self._drain_logs(worker)
                 worker.conn.close()
@@ -472,7 +513,9 @@ class LocalExecutor:
     def _drain_logs(self, worker: _Worker) -> None:
         """Pass on the last log lines of a stopping worker (unload messages, say)."""
         try:
-            while worker.conn.poll():
+            for _ in range(MAX_MESSAGES_PER_WAKEUP):
+                if not worker.conn.poll():
+                    break
                 message = m.decode(worker.conn.recv_bytes())
                 if message[0] == m.LOG:
                     self.hooks.on_log(message[1], message[2], message[3])

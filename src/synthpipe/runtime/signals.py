@@ -20,12 +20,13 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: list[int] = []
-        self._read_fd, self._write_fd = os.pipe()
-        os.set_blocking(self._read_fd, False)
-        os.set_blocking(self._write_fd, False)
+        self._read_fd = self._write_fd = -1
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
+        self._read_fd, self._write_fd = os.pipe()  # here, so that leaving always closes them
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,14 @@ class FailedRowsLedger:
                 lines.append(f"    … and {len(errors) - self.MAX_DISTINCT_SHOWN} more distinct error(s)")
         return "\n".join(lines)
 
+    def sync(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
     def close(self) -> None:
         if self._file is not None:
+            self.sync()
             self._file.close()
             self._file = None
 

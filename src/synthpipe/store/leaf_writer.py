@@ -45,6 +45,7 @@ class LeafWriter:
         self.chunk_rows = chunk_rows
         self._buffers: dict[str, list[dict[str, Any]]] = {leaf: [] for leaf in leaves}
         self._files: dict[str, list[Path]] = {leaf: [] for leaf in leaves}
+        self._schemas: dict[str, Any] = {}  # per leaf: the column types of the chunks so far
         self.rows_written: dict[str, int] = dict.fromkeys(leaves, 0)
 
     def write(self, step: str, rows: list[dict[str, Any]]) -> None:
@@ -60,6 +61,26 @@ class LeafWriter:
     def files(self, step: str) -> list[Path]:
         return list(self._files[step])
 
+    def _check_types(self, step: str, schema: Any) -> None:
+        """A column must keep one type across chunks, or the result cannot be put together:
+        say so now, naming the step and the column, rather than when the Distiset is built."""
+        import pyarrow as pa
+
+        earlier = self._schemas.get(step)
+        if earlier is None:
+            self._schemas[step] = schema
+            return
+        try:
+            self._schemas[step] = pa.unify_schemas([earlier, schema], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            clash = next((f.name for f in schema if f.name in earlier.names
+                          and not _compatible(earlier.field(f.name).type, f.type)), None)
+            where = f" column '{clash}'" if clash else ""
+            raise SynthpipeError(
+                f"step '{step}' produced{where} values of another type than in its earlier rows "
+                f"(after row {self.rows_written[step]:,}): {exc}"
+            ) from exc
+
     def _flush(self, step: str) -> None:
         import pyarrow.parquet as pq
 
@@ -67,6 +88,7 @@ class LeafWriter:
         if not rows:
             return
         table = rows_to_table(rows, step)
+        self._check_types(step, table.schema)
         folder = self.data_dir / step
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"part-{len(self._files[step]):05d}.parquet"
@@ -76,3 +98,13 @@ class LeafWriter:
         self._files[step].append(final)
         self.rows_written[step] += len(rows)
         self._buffers[step] = []
+
+
+def _compatible(a: Any, b: Any) -> bool:
+    import pyarrow as pa
+
+    try:
+        pa.unify_schemas([pa.schema([("x", a)]), pa.schema([("x", b)])], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
+    return True

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ class StoredBatch:
     failed: int
     run: str
     inputs: int | None  # rows that went in (None in records of older versions)
+    crc: int | None = None  # of the stored bytes: finds data overwritten after a power cut
 
 
 class PipelineStore:
@@ -112,7 +114,7 @@ class PipelineStore:
                     found.setdefault(key, {})[int(record["seq"])] = StoredBatch(
                         int(record["seq"]), record["key"], int(record["off"]), int(record["len"]),
                         int(record["rows"]), bool(record.get("last", False)), int(record.get("failed", 0)),
-                        str(record.get("run", "")), record.get("in"),
+                        str(record.get("run", "")), record.get("in"), record.get("crc"),
                     )
                 elif kind == "invalidate":
                     found.pop(key, None)
@@ -143,7 +145,7 @@ class PipelineStore:
         return None
 
     def read_batch(self, batch: StoredBatch) -> list[dict[str, Any]]:
-        return self.segments.read(batch.key, batch.offset, batch.length)
+        return self.segments.read(batch.key, batch.offset, batch.length, batch.crc)
 
     def failed_rows(
         self, stored: dict[str, dict[int, StoredBatch]] | None, signatures: dict[str, str]
@@ -175,8 +177,8 @@ class PipelineStore:
         key, offset, length = self.segments.append(step, signature, data)
         self._records = None
         self.journal.append({"t": "batch", "step": step, "sig": signature, "seq": seq, "key": key, "off": offset,
-                             "len": length, "rows": rows, "in": inputs, "last": last, "failed": failed,
-                             "run": run})
+                             "len": length, "crc": zlib.crc32(data), "rows": rows, "in": inputs, "last": last,
+                             "failed": failed, "run": run})
 
     def mark_complete(self, pipeline_signature: str, run: str, leaves: dict[str, list[str]]) -> None:
         self.journal.append({"t": "complete", "sig": pipeline_signature, "run": run, "leaves": leaves})

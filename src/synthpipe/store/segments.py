@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ class Segments:
         self._ends[key] = offset + len(data)
         return key, offset, len(data)
 
-    def read(self, key: str, offset: int, length: int) -> list[dict[str, Any]]:
+    def read(self, key: str, offset: int, length: int, crc: int | None = None) -> list[dict[str, Any]]:
         if key in self._open:
             self._open[key].flush()
         with (self.folder / key).open("rb") as fh:
@@ -49,6 +50,8 @@ class Segments:
             data = fh.read(length)
         if len(data) != length:
             raise OSError(f"{key}: expected {length} bytes at {offset}, found {len(data)}")
+        if crc is not None and zlib.crc32(data) != crc:
+            raise OSError(f"{key}: the bytes at {offset} are not the ones stored there (checksum)")
         return pickle.loads(data)
 
     def size(self, key: str) -> int:

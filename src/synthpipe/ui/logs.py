@@ -46,13 +46,17 @@ class RunLogging:
         self.logger.propagate = False
 
     def close(self) -> None:
+        if not self.handlers:
+            return  # closed already
         for handler in self.handlers:
             self.logger.removeHandler(handler)
             handler.close()
         self.logger.setLevel(self._saved[0])
         self.logger.propagate = self._saved[1]
+        self.handlers = []
 
-    def worker_line(self, level: int, name: str, text: str) -> None:
+    @staticmethod
+    def worker_line(level: int, name: str, text: str) -> None:
         """A log line from a worker, under the synthpipe logger so it reaches both handlers."""
         target = name if name.startswith(LOGGER_NAME + ".") else f"{LOGGER_NAME}.worker.{name}"
         logging.getLogger(target).log(level, text)
