@@ -2431,3 +2431,16 @@ def test_failed_rows_of_replayed_batches_count_for_the_failure_guard():
     assert isinstance(acts[-1], Fail)
     assert "5 rows failed, more than max_failed_rows=3" in acts[-1].error.message
     assert sched.stats()["a"].rows_failed == 5 and sched.stats()["a"].replayed == 1
+
+
+def test_a_worker_killed_for_no_fault_of_its_jobs_blames_none_of_them():
+    """The batch that overran its timeout finished just as its worker was killed: the batch
+    queued behind it must not be counted as having crashed the worker."""
+    specs = [gen("gen", ("a",), batch_size=10), step("a", ("gen",), batch_size=5, max_restarts=0)]
+    sched, (d0, d1) = started(specs)
+    sched.batch_done("a", 0, d0.ticket, d0.batch.inputs[0])
+    acts = sched.worker_died("a", 0, err("a"), blame=False)
+    assert [type(a) for a in acts] == [RestartWorker]
+    assert d1.batch.crashes == 0 and not sched.failed
+    (again,) = sched.worker_ready("a", 0)
+    assert isinstance(again, Dispatch) and again.batch.seq == d1.batch.seq

@@ -99,6 +99,7 @@ class _Worker:
     busy_since: float | None = None  # when the job at the head of `outstanding` started
     started: float = field(default_factory=time.monotonic)
     timed_out: bool = False
+    timed_out_ticket: int | None = None  # the job that overran, when the worker was killed
 
     def deadline(self, step: Any) -> float | None:
         """When this worker overruns its step's load_timeout or timeout, if it can."""
@@ -341,6 +342,7 @@ class LocalExecutor:
             deadline = worker.deadline(self.steps[worker.step])
             if deadline is not None and now >= deadline:
                 worker.timed_out = True
+                worker.timed_out_ticket = worker.outstanding[0] if worker.outstanding else None
                 worker.process.kill()
 
     def _drain(self, worker: _Worker, limit: int | None) -> bool | None:
@@ -384,7 +386,9 @@ class LocalExecutor:
             error = WorkerDied(f"{who} died ({how})" + (f" while processing {doing}" if batch else
                                                       f" while {doing}" if doing else " while idle"))
         record = ErrorRecord.from_diagnosis(error, step=worker.step, replica=worker.replica, **where)
-        return self._apply(self.scheduler.worker_died(worker.step, worker.replica, record))
+        # the overrunning job may have finished just as the worker was killed: then nobody is to blame
+        blame = not worker.timed_out or worker.timed_out_ticket in worker.outstanding
+        return self._apply(self.scheduler.worker_died(worker.step, worker.replica, record, blame=blame))
 
     def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> bool | None:
         kind = message[0]

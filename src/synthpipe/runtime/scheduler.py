@@ -465,8 +465,12 @@ class Scheduler:
             return []
         return self._fail(error)
 
-    def worker_died(self, step: str, replica: int, error: ErrorRecord) -> list[Action]:
-        """A ready worker ended on its own (crash, kill, timeout): restart it, retry or isolate."""
+    def worker_died(self, step: str, replica: int, error: ErrorRecord, blame: bool = True) -> list[Action]:
+        """A ready worker ended (crash, kill, timeout): restart it, retry or isolate.
+
+        ``blame=False``: none of its jobs caused it (the batch that overran its timeout had
+        finished after all, just as the worker was killed): they are all simply sent again.
+        """
         if self._over():
             return []
         st = self.states[step]
@@ -483,6 +487,10 @@ class Scheduler:
             return self._fail(error)
         restart: list[Action] = [] if st.finished else [RestartWorker(step, replica, error)]
         st.stats.restarts += len(restart)
+        if not blame:
+            for job in jobs:
+                self._requeue(st, job.batch)  # type: ignore[arg-type]
+            return [*restart, *self._advance()]
         if not jobs:
             return [*restart, *self._advance()]
         culprit, innocent = jobs[0].batch, [j.batch for j in jobs[1:]]
