@@ -1,13 +1,13 @@
-"""The failed-rows ledger: every row of a failed batch, with its error, as JSON lines."""
+"""The failed-rows ledger: every row of a failed batch, with its error, as JSON lines
+(written and read like the journal: appended, a torn last line skipped)."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 from synthpipe.errors import ErrorRecord
+from synthpipe.store.journal import Journal
 
 
 class FailedRowsLedger:
@@ -16,18 +16,17 @@ class FailedRowsLedger:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.count = 0
-        self._file: Any = None
+        self._lines = Journal(path)
         self._per_step: dict[str, int] = {}
         self._distinct: dict[tuple[str, str, str], list[Any]] = {}  # -> [rows, traceback]
 
     def record(self, step: str, batch: int, row_start: int, inputs: list[list[dict[str, Any]]],
                error: ErrorRecord, attempts: int = 1, **tags: Any) -> None:
         """Append one entry per row; ``tags`` (the step's signature, the run) go in each."""
-        if self._file is None:
-            self._file = self.path.open("a", encoding="utf-8")
+        entries = []
         for input_index, rows in enumerate(inputs):
             for offset, row in enumerate(rows):
-                entry = {
+                entries.append({
                     "step": step,
                     "batch": batch,
                     "row": row_start + offset,
@@ -38,14 +37,12 @@ class FailedRowsLedger:
                     "message": error.message,
                     "traceback": error.traceback,
                     **tags,
-                }
-                self._file.write(json.dumps(entry, default=repr) + "\n")
-                self.count += 1
-        self._file.flush()
-        rows = sum(len(r) for r in inputs)
-        self._per_step[step] = self._per_step.get(step, 0) + rows
+                })
+        self._lines.append_many(entries)
+        self.count += len(entries)
+        self._per_step[step] = self._per_step.get(step, 0) + len(entries)
         seen = self._distinct.setdefault((step, error.type_name, error.message), [0, error.traceback])
-        seen[0] += rows
+        seen[0] += len(entries)
 
     def summary(self) -> str:
         """Per step: rows failed, each distinct error with its count and one full traceback."""
@@ -63,25 +60,12 @@ class FailedRowsLedger:
         return "\n".join(lines)
 
     def sync(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+        self._lines.sync()
 
     def close(self) -> None:
-        if self._file is not None:
-            self.sync()
-            self._file.close()
-            self._file = None
+        self._lines.close()
 
 
 def read_failed_rows(path: Path) -> list[dict[str, Any]]:
     """Entries of a ledger; a torn last line (a crash mid-write) is skipped."""
-    if not path.exists():
-        return []
-    entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return entries
+    return Journal(path).read()

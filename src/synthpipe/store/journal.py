@@ -34,9 +34,14 @@ class Journal:
         return records
 
     def append(self, record: dict[str, Any]) -> None:
+        self.append_many([record])
+
+    def append_many(self, records: list[dict[str, Any]]) -> None:
+        """Append records (values JSON cannot hold are written as their repr) in one flush."""
         if self._file is None:
             self._file = self._open_for_append()
-        self._file.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+        self._file.write(b"".join(json.dumps(r, separators=(",", ":"), default=repr).encode() + b"\n"
+                                  for r in records))
         self._file.flush()
 
     def _open_for_append(self) -> Any:
