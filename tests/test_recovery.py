@@ -163,7 +163,7 @@ def test_column_type_changing_between_chunks_is_named_and_not_recorded_as_finish
     from synthpipe.store.leaf_writer import LeafWriter
 
     writer = LeafWriter(tmp_path, ["leaf"], chunk_rows=2)
-    writer.write("leaf", [{"v": 1}, {"v": None}])
-    writer.write("leaf", [{"v": None}, {"v": 2}])  # null then int: fine
+    writer.write("leaf", [{"v": 1}, {"v": None}], [0, 1])
+    writer.write("leaf", [{"v": None}, {"v": 2}], [2, 3])  # null then int: fine
     with pytest.raises(SynthpipeError, match="step 'leaf' produced column 'v' values of another type"):
-        writer.write("leaf", [{"v": "two"}, {"v": "three"}])
+        writer.write("leaf", [{"v": "two"}, {"v": "three"}], [4, 5])

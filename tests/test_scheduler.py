@@ -55,7 +55,7 @@ from synthpipe.runtime.scheduler import (
 
 Row = dict[str, Any]
 StepFn = Callable[[list[list[Row]]], list[Row]]
-Stored = dict[str, dict[int, tuple]]  # step -> seq -> (output rows, last[, rows that went in])
+Stored = dict[str, dict[int, tuple]]  # step -> seq -> (output rows, last[, rows that went in[, failed positions]])
 Hook = tuple[Callable[["FakeExecutor"], bool], Callable[["FakeExecutor"], object]]
 
 
@@ -201,6 +201,9 @@ class FakeExecutor:
             stored_inputs={
                 name: {seq: e[2] for seq, e in seqs.items() if len(e) > 2} for name, seqs in self.stored.items()
             },
+            stored_failed_at={
+                name: {seq: e[3] for seq, e in seqs.items() if len(e) > 3} for name, seqs in self.stored.items()
+            },
         )
         self.data = data or {}
         self.fns = fns or {}
@@ -275,7 +278,7 @@ class FakeExecutor:
     def persisted_store(self) -> Stored:
         """What a resumed run finds in the store: every batch persisted by this run."""
         return {
-            name: {seq: ([dict(r) for r in p.rows], p.last, p.inputs) for seq, p in seqs.items()}
+            name: {seq: ([dict(r) for r in p.rows], p.last, p.inputs, p.failed_at) for seq, p in seqs.items()}
             for name, seqs in self.persisted.items()
         }
 
@@ -2164,7 +2167,7 @@ def test_persist_of_a_skipped_batch_and_of_an_isolated_one():
     e = ErrorRecord.from_message("ValueError", "bad", step="a", retryable=False)
     acts = sched.batch_failed("a", 0, d0.ticket, e)
     assert [type(a) for a in acts] == [RowsFailed, Persist, Emit]  # stored, then released (empty)
-    assert acts[1:] == [Persist("a", 0, [], None, failed=5, inputs=5), Emit("a", 0, [])]
+    assert acts[1:] == [Persist("a", 0, [], None, failed=5, inputs=5, failed_at=(0, 1, 2, 3, 4)), Emit("a", 0, [])]
     acts = sched.batch_done("a", 0, d1.ticket, d1.batch.inputs[0])
     assert [type(a) for a in acts] == [Persist, Emit, Finished]
     assert (acts[0].seq, acts[0].ticket, acts[0].failed) == (1, d1.ticket, 0)
@@ -2173,6 +2176,7 @@ def test_persist_of_a_skipped_batch_and_of_an_isolated_one():
     assert ex.finished == 1
     p = ex.persisted["a"][2]
     assert (p.ticket, p.failed, [r["i"] for r in p.rows]) == (None, 2, [10, 12, 14])
+    assert p.failed_at == (1, 3)  # the poison rows 11 and 13, by position in the batch
     assert {r["trail"] for r in p.rows} == {"a"}
     assert all(q.ticket is not None and q.failed == 0 for seq, q in ex.persisted["a"].items() if seq != 2)
 
@@ -2444,3 +2448,50 @@ def test_a_worker_killed_for_no_fault_of_its_jobs_blames_none_of_them():
     assert d1.batch.crashes == 0 and not sched.failed
     (again,) = sched.worker_ready("a", 0)
     assert isinstance(again, Dispatch) and again.batch.seq == d1.batch.seq
+
+
+# -- row keys -------------------------------------------------------------------------------
+
+
+def emitted_keys(ex: FakeExecutor, leaf: str) -> list[int]:
+    return [k for e in ex.emits[leaf] for k in e.keys]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_keys_are_generator_row_numbers_through_one_to_one_steps_whatever_fails(seed):
+    """Rows keep the number of the generator row they came from through batching, re-batching,
+    replicas, skipped batches and isolated poison rows: that is what puts retried rows back in place."""
+    specs = [gen("gen", ("a",), batch_size=7), step("a", ("gen",), ("b",), batch_size=4, on_error="skip", replicas=2),
+             step("b", ("a",), batch_size=3, on_error="skip")]
+    fns = {"a": crashing({5, 17}, then=tag("a")), "b": raising({9, 22}, retryable=False, then=tag("b"))}
+    ex = FakeExecutor(specs, {"gen": rows_of(30)}, fns, seed=seed).run()
+    assert ex.finished == 1
+    assert emitted_keys(ex, "b") == ex.emitted_i("b")
+    failed = [i for rf in ex.rows_failed for i in ids(rf.batch)]
+    assert {5, 9, 17, 22} <= set(failed) and sorted(failed + ex.emitted_i("b")) == list(range(30))
+    for rf in ex.rows_failed:  # failed rows carry their keys too
+        assert rf.batch.keys[0] == ids(rf.batch)
+
+
+def test_keys_of_a_step_that_changes_the_row_count_are_its_first_input_row():
+    specs = [gen("gen", ("a",), batch_size=10), step("a", ("gen",), ("b",), batch_size=4), step("b", ("a",))]
+    fns = {"a": keep(lambda r: r["i"] % 3 == 0)}
+    ex = FakeExecutor(specs, {"gen": rows_of(10)}, fns).run()
+    assert ex.emitted_i("b") == [0, 3, 6, 9]
+    assert emitted_keys(ex, "b") == [0, 0, 4, 8]  # batches [0..3] -> 0, 3; [4..7] -> 6; [8, 9] -> 9
+
+
+def test_keys_of_a_replayed_batch_with_failed_rows_are_those_of_its_first_run():
+    specs = [gen("gen", ("a",), batch_size=5), step("a", ("gen",), ("b",), batch_size=5, on_error="skip"),
+             step("b", ("a",))]
+    sched = Scheduler(specs, stored={"gen": {0: 5}, "a": {0: 3}, "b": {0: 3}}, stored_inputs={"a": {0: 5}},
+                      stored_failed={"a": {0: 2}}, stored_failed_at={"a": {0: (1, 3)}})
+    acts = sched.start()
+    (r,) = acts
+    acts = sched.batch_done("gen", REPLAY, r.ticket, rows_of(5), True)
+    (ra,) = [a for a in acts if isinstance(a, Replay)]
+    acts = sched.batch_done("a", REPLAY, ra.ticket, [{"i": 0}, {"i": 2}, {"i": 4}])
+    (rb,) = [a for a in acts if isinstance(a, Replay)]
+    acts = sched.batch_done("b", REPLAY, rb.ticket, [{"i": 0}, {"i": 2}, {"i": 4}])
+    (emit,) = [a for a in acts if isinstance(a, Emit)]
+    assert emit.keys == [0, 2, 4]

@@ -16,8 +16,13 @@ def _dataset_from_parquet(files: list[Path]) -> Any:
 
     if not files:
         return Dataset.from_dict({})
+    from synthpipe.store.leaf_writer import KEY_COLUMN
+
     tables = [pq.read_table(f) for f in files]
-    return Dataset(pa.concat_tables(tables, promote_options="permissive"))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    if KEY_COLUMN in table.column_names:
+        table = table.drop_columns([KEY_COLUMN])
+    return Dataset(table)
 
 
 class Distiset(dict):

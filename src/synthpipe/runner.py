@@ -144,13 +144,15 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
                        for step, batches in stored.items()},
         stored_failed={step: {seq: b.failed for seq, b in batches.items() if b.failed}
                        for step, batches in stored.items()},
+        stored_failed_at={step: {seq: b.failed_at for seq, b in batches.items() if b.failed_at}
+                          for step, batches in stored.items()},
     )
     progress = Progress(scheduler.stats())
     warned: set[tuple[str | None, str]] = set()
     synced = [time.monotonic()]
 
     def rows_failed(batch: Batch, error: ErrorRecord) -> None:
-        ledger.record(batch.step, batch.seq, batch.row_start, batch.inputs, error,
+        ledger.record(batch.step, batch.seq, batch.row_start, batch.inputs, error, keys=batch.keys,
                       attempts=max(1, batch.attempts + batch.crashes), sig=signatures[batch.step], run=run_id)
         first = (error.step, error.type_name) not in warned
         warned.add((error.step, error.type_name))
@@ -161,7 +163,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     def persist(action: Persist, data: bytes) -> None:
         if durable:
             store.persist(action.step, signatures[action.step], action.seq, data, len(action.rows), action.last,
-                          action.failed, run_id, action.inputs)
+                          action.failed, run_id, action.inputs, action.failed_at)
 
     def replay(step: str, seq: int) -> tuple[list[dict[str, Any]], bool]:
         batch = stored[step][seq]
@@ -175,7 +177,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
             synced[0] = time.monotonic()
 
     hooks = ExecutorHooks(
-        on_emit=lambda step, seq, rows: writer.write(step, rows),
+        on_emit=lambda step, seq, rows, keys: writer.write(step, rows, keys),
         on_rows_failed=rows_failed,
         on_persist=persist,
         on_replay=replay,

@@ -116,7 +116,7 @@ class _Worker:
 class ExecutorHooks:
     """What the executor hands back to the layers above it."""
 
-    on_emit: Callable[[str, int, list[dict[str, Any]]], None]
+    on_emit: Callable[[str, int, list[dict[str, Any]], list[int]], None]
     on_rows_failed: Callable[[Batch, ErrorRecord], None]
     on_persist: Callable[[Persist, bytes], None] = lambda action, data: None
     on_replay: Callable[[str, int], tuple[list[dict[str, Any]], bool]] = lambda step, seq: ([], False)
@@ -446,7 +446,7 @@ class LocalExecutor:
                 message = (m.GENERATE, action.ticket, action.seq, action.offset)
                 self._send(action.step, action.replica, action.ticket, message)
             elif isinstance(action, Emit):
-                self.hooks.on_emit(action.step, action.seq, action.rows)
+                self.hooks.on_emit(action.step, action.seq, action.rows, action.keys)
             elif isinstance(action, RowsFailed):
                 self.hooks.on_rows_failed(action.batch, action.error)
             elif isinstance(action, RetryLater):

@@ -22,6 +22,9 @@ Terms:
   the whole last-batch protocol (a generator reports its last batch itself).
 - *isolation*: a batch that keeps killing its worker is split in halves, and halves again,
   until the crashing rows are alone; they are failed rows, the rest goes on.
+- *key*: for each row, the number of the generator row it descends from (0, 1, 2...). A step
+  that returns one row per input row (less the rows that failed) passes the keys through; other
+  outputs take the key of their batch's first row. Keys put rows retried later back in order.
 - *replay*: a batch finished by an earlier run is not run again: its stored output is given
   back (``Replay``). That is only right while the batch is the very batch that was stored,
   i.e. while every row in it came from stored outputs upstream; from the first row that was
@@ -82,6 +85,7 @@ class Batch:
     crashes: int = 0  # times it killed its worker (a crash or a timeout)
     part: tuple[int, int] | None = None  # rows [a, b) of its seq's batch, while isolating
     replay: bool = False  # its output is stored from an earlier run
+    keys: list[list[int]] = field(default_factory=list)  # per input, per row: see *key*
 
     @property
     def size(self) -> int:
@@ -146,6 +150,7 @@ class Persist:
     last: bool = False
     failed: int = 0
     inputs: int = 0  # rows that went into the batch (none for a generator)
+    failed_at: tuple[int, ...] = ()  # positions of the failed rows among the batch's inputs
 
 
 @dataclass
@@ -155,6 +160,7 @@ class Emit:
     step: str
     seq: int
     rows: list[Row]
+    keys: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -225,6 +231,7 @@ class _Output:
     origins: list[int]
     min_origin: float
     fresh: bool = True  # computed in this run (not replayed)
+    keys: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -243,7 +250,8 @@ class _Isolation:
     pending: int
     size: int
     outputs: dict[int, list[Row]] = field(default_factory=dict)  # part start -> rows
-    failed: int = 0
+    keys: dict[int, list[int]] = field(default_factory=dict)  # part start -> keys of its rows
+    failed_at: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -251,6 +259,7 @@ class _StepState:
     spec: StepSpec
     buffers: list[list[Row]] = field(default_factory=list)
     buffer_origins: list[list[int]] = field(default_factory=list)
+    buffer_keys: list[list[int]] = field(default_factory=list)
     next_seq: int = 0
     rows_batched: int = 0
     ready: deque[Batch] = field(default_factory=deque)
@@ -269,6 +278,8 @@ class _StepState:
     stored: dict[int, int] = field(default_factory=dict)  # seq -> rows, finished by an earlier run
     stored_inputs: dict[int, int] = field(default_factory=dict)  # seq -> rows that went in
     stored_failed: dict[int, int] = field(default_factory=dict)  # seq -> rows that failed in it
+    stored_failed_at: dict[int, tuple[int, ...]] = field(default_factory=dict)  # seq -> their positions
+    rows_released: int = 0  # generators: rows released so far (the next row's key)
     consumed: list[int] = field(default_factory=list)  # per predecessor: rows taken into batches
     fresh_at: list[float] = field(default_factory=list)  # per predecessor: first fresh row (inf: none)
     diverged: bool = False  # generators: producing fresh batches now
@@ -308,11 +319,13 @@ class Scheduler:
         stored: dict[str, dict[int, int]] | None = None,
         stored_inputs: dict[str, dict[int, int]] | None = None,
         stored_failed: dict[str, dict[int, int]] | None = None,
+        stored_failed_at: dict[str, dict[int, tuple[int, ...]]] | None = None,
     ) -> None:
         """``stored``: per step, the batches (seq -> rows out) an earlier run finished;
         ``stored_inputs``: how many rows went into each, where known (a batch formed now with
         another size is not the stored one); ``stored_failed``: rows that failed in each (they
-        still count for the failure guard and the statistics when the batch is replayed)."""
+        still count for the failure guard and the statistics when the batch is replayed);
+        ``stored_failed_at``: where in each batch those rows were (the keys of its output follow)."""
         self.specs = {s.name: s for s in specs}
         self.order = [s.name for s in specs]  # topological
         self.states = {
@@ -320,9 +333,11 @@ class Scheduler:
                 spec=s,
                 buffers=[[] for _ in s.predecessors],
                 buffer_origins=[[] for _ in s.predecessors],
+                buffer_keys=[[] for _ in s.predecessors],
                 stored=dict((stored or {}).get(s.name, {})),
                 stored_inputs=dict((stored_inputs or {}).get(s.name, {})),
                 stored_failed=dict((stored_failed or {}).get(s.name, {})),
+                stored_failed_at=dict((stored_failed_at or {}).get(s.name, {})),
                 consumed=[0 for _ in s.predecessors],
                 fresh_at=[math.inf for _ in s.predecessors],
             )
@@ -406,7 +421,8 @@ class Scheduler:
             st.stats.rows_failed += st.stored_failed[job.batch.seq]
             st.last_error = st.last_error or ErrorRecord.from_message(
                 "synthpipe.errors.SynthpipeError", "rows that failed in an earlier run", step=step)
-        persist = self._complete(st, job.batch, rows, ticket)
+        failed_at = st.stored_failed_at.get(job.batch.seq, ()) if replayed else ()
+        persist = self._complete(st, job.batch, rows, ticket, failed_at=failed_at)
         too_many = self._failure_guard(st)
         return [*persist, *(self._fail(too_many) if too_many is not None else self._advance())]
 
@@ -564,10 +580,11 @@ class Scheduler:
         """Halve a crashing batch; each half crashing again is halved at once."""
         lo, hi = batch.part or (0, batch.size)
         k = batch.size // 2
-        rows, origins = batch.inputs[0], batch.origins[0]
+        rows, origins, keys = batch.inputs[0], batch.origins[0], batch.keys[0]
         halves = [
-            replace(batch, inputs=[rows[:k]], origins=[origins[:k]], part=(lo, lo + k)),
-            replace(batch, inputs=[rows[k:]], origins=[origins[k:]], part=(lo + k, hi), row_start=batch.row_start + k),
+            replace(batch, inputs=[rows[:k]], origins=[origins[:k]], keys=[keys[:k]], part=(lo, lo + k)),
+            replace(batch, inputs=[rows[k:]], origins=[origins[k:]], keys=[keys[k:]], part=(lo + k, hi),
+                    row_start=batch.row_start + k),
         ]
         if batch.part is None:
             st.isolating[batch.seq] = _Isolation(batch.min_origin, pending=2, size=batch.size)
@@ -596,30 +613,40 @@ class Scheduler:
         return job
 
     def _complete(self, st: _StepState, batch: Batch, rows: list[Row], ticket: int | None,
-                  failed: bool = False) -> list[Action]:
+                  failed: bool = False, failed_at: tuple[int, ...] = ()) -> list[Action]:
         """A batch (or part of one) is through; a whole seq becomes releasable, and is stored
-        first if it was computed in this run."""
+        first if it was computed in this run.
+
+        ``failed_at``: positions, among the batch's inputs, of rows that failed (all of them
+        when ``failed``)."""
         st.held += len(rows) - batch.size
         st.stats.rows_in += batch.size
         st.stats.rows_out += len(rows)
-        failed_rows = batch.size if failed else 0
+        if failed:
+            failed_at = tuple(range(batch.size))
+        keys_in = batch.keys[0] if batch.keys else []
+        keys = _output_keys(keys_in, len(rows), failed_at)
         inputs = batch.size
         if batch.part is not None:
             iso = st.isolating[batch.seq]
             iso.outputs[batch.part[0]] = rows
-            iso.failed += failed_rows
+            iso.keys[batch.part[0]] = keys
+            iso.failed_at.extend(batch.part[0] + i for i in failed_at)
             iso.pending -= 1
             if iso.pending:
                 return []
             del st.isolating[batch.seq]
             rows = [row for start in sorted(iso.outputs) for row in iso.outputs[start]]
-            failed_rows, ticket, inputs = iso.failed, None, iso.size
+            keys = [key for start in sorted(iso.keys) for key in iso.keys[start]]
+            failed_at, ticket, inputs = tuple(sorted(iso.failed_at)), None, iso.size
         origin = 0 if st.spec.kind == "global" else int(batch.min_origin) if batch.size else 0
-        st.completed[batch.seq] = _Output(rows, [origin] * len(rows), batch.min_origin, fresh=not batch.replay)
+        st.completed[batch.seq] = _Output(rows, [origin] * len(rows), batch.min_origin, fresh=not batch.replay,
+                                          keys=keys)
         st.stats.batches += 1
         if batch.replay:
             return []
-        return [Persist(st.spec.name, batch.seq, rows, None if failed else ticket, failed=failed_rows, inputs=inputs)]
+        return [Persist(st.spec.name, batch.seq, rows, None if failed else ticket, failed=len(failed_at),
+                        inputs=inputs, failed_at=failed_at)]
 
     def _advance(self) -> list[Action]:
         """Move everything forward as far as it can go; return what to do."""
@@ -660,8 +687,11 @@ class Scheduler:
             st.next_release += 1
             st.held -= len(out.rows)
             released = True
+            if st.spec.kind == "generator":
+                out.keys = list(range(st.rows_released, st.rows_released + len(out.rows)))
+                st.rows_released += len(out.rows)
             if not st.spec.successors:
-                actions.append(Emit(st.spec.name, seq, out.rows))
+                actions.append(Emit(st.spec.name, seq, out.rows, out.keys))
             for succ in st.spec.successors:
                 target = self.states[succ]
                 index = target.spec.predecessors.index(st.spec.name)
@@ -669,6 +699,7 @@ class Scheduler:
                     target.fresh_at[index] = target.consumed[index] + len(target.buffers[index])
                 target.buffers[index].extend(out.rows)
                 target.buffer_origins[index].extend(out.origins)
+                target.buffer_keys[index].extend(out.keys)
                 target.held += len(out.rows)
         return released
 
@@ -711,9 +742,10 @@ class Scheduler:
             if st.next_seq > 0 or not self._preds_finished(st):
                 return False
             if any(st.buffers):
-                self._queue(st, st.buffers, st.buffer_origins)
+                self._queue(st, st.buffers, st.buffer_origins, st.buffer_keys)
             st.buffers = [[] for _ in spec.predecessors]
             st.buffer_origins = [[] for _ in spec.predecessors]
+            st.buffer_keys = [[] for _ in spec.predecessors]
             return st.next_seq > 0
         if len(spec.predecessors) == 1:
             return self._form_sequential(st)
@@ -721,7 +753,7 @@ class Scheduler:
 
     def _form_sequential(self, st: _StepState) -> bool:
         size = st.spec.batch_size
-        rows, origins = st.buffers[0], st.buffer_origins[0]
+        rows, origins, keys = st.buffers[0], st.buffer_origins[0], st.buffer_keys[0]
         upstream_done = self._preds_finished(st)
         split = st.spec.name in self.split_at_origin
         formed = False
@@ -736,12 +768,13 @@ class Scheduler:
                     break
             if end <= start:
                 break
-            self._queue(st, [rows[start:end]], [origins[start:end]])
+            self._queue(st, [rows[start:end]], [origins[start:end]], [keys[start:end]])
             start = end
             formed = True
         if start:
             del rows[:start]
             del origins[:start]
+            del keys[:start]
         return formed
 
     def _upstream_complete(self, st: _StepState, origin: int) -> bool:
@@ -760,18 +793,22 @@ class Scheduler:
             origin = min(heads)
             inputs: list[list[Row]] = []
             origins: list[list[int]] = []
-            for rows, orig in zip(st.buffers, st.buffer_origins, strict=True):
+            keys: list[list[int]] = []
+            for rows, orig, ks in zip(st.buffers, st.buffer_origins, st.buffer_keys, strict=True):
                 n = bisect.bisect_right(orig, origin)
                 inputs.append(rows[:n])
                 origins.append(orig[:n])
+                keys.append(ks[:n])
                 del rows[:n]
                 del orig[:n]
-            self._queue(st, inputs, origins)
+                del ks[:n]
+            self._queue(st, inputs, origins, keys)
             formed = True
         return formed
 
-    def _queue(self, st: _StepState, inputs: list[list[Row]], origins: list[list[int]]) -> None:
-        batch = Batch(st.spec.name, st.next_seq, inputs, origins, st.rows_batched)
+    def _queue(self, st: _StepState, inputs: list[list[Row]], origins: list[list[int]],
+               keys: list[list[int]]) -> None:
+        batch = Batch(st.spec.name, st.next_seq, inputs, origins, st.rows_batched, keys=keys)
         st.next_seq += 1
         st.rows_batched += len(inputs[0]) if inputs else 0
         same_as_stored = True  # every row of it came from stored outputs upstream
@@ -830,6 +867,18 @@ class Scheduler:
                 st.workers[0] += 1
                 st.in_flight[ticket] = _Job(ticket, 0, None, seq)
                 actions.append(Generate(name, 0, seq, ticket, st.fresh_offset))
+
+
+def _output_keys(keys_in: list[int], rows_out: int, failed_at: tuple[int, ...]) -> list[int]:
+    """The keys of a batch's output (see *key* above)."""
+    if not failed_at and rows_out == len(keys_in):
+        return keys_in
+    if failed_at:
+        failed = set(failed_at)
+        kept = [key for i, key in enumerate(keys_in) if i not in failed]
+        if len(kept) == rows_out:
+            return kept
+    return [keys_in[0] if keys_in else 0] * rows_out
 
 
 def _feeders_of_joins(specs: dict[str, StepSpec]) -> set[str]:

@@ -21,16 +21,21 @@ class FailedRowsLedger:
         self._distinct: dict[tuple[str, str, str], list[Any]] = {}  # -> [rows, traceback]
 
     def record(self, step: str, batch: int, row_start: int, inputs: list[list[dict[str, Any]]],
-               error: ErrorRecord, attempts: int = 1, **tags: Any) -> None:
-        """Append one entry per row; ``tags`` (the step's signature, the run) go in each."""
+               error: ErrorRecord, attempts: int = 1, keys: list[list[int]] | None = None, **tags: Any) -> None:
+        """Append one entry per row; ``tags`` (the step's signature, the run) go in each.
+
+        ``keys``: per input, per row, the number of the generator row it came from (where a
+        retried row's results go back in the output)."""
         entries = []
         for input_index, rows in enumerate(inputs):
+            row_keys = keys[input_index] if keys and input_index < len(keys) else []
             for offset, row in enumerate(rows):
                 entries.append({
                     "step": step,
                     "batch": batch,
                     "row": row_start + offset,
                     "input_index": input_index,
+                    "key": row_keys[offset] if offset < len(row_keys) else None,
                     "data": row,
                     "attempts": attempts,
                     "error_type": error.type_name,

@@ -1,5 +1,8 @@
 """Writes leaf steps' rows to Parquet chunk files as they arrive, so the coordinator's
-memory holds at most one chunk per leaf, not the dataset."""
+memory holds at most one chunk per leaf, not the dataset.
+
+Each row's key (the generator row it came from) is kept in a column of its own,
+``KEY_COLUMN``, so rows retried later can be put back in order; the result drops it."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from synthpipe.errors import SynthpipeError
+
+KEY_COLUMN = "__synthpipe_key__"
 
 
 def rows_to_table(rows: list[dict[str, Any]], step: str) -> Any:
@@ -44,13 +49,15 @@ class LeafWriter:
         self.data_dir = data_dir
         self.chunk_rows = chunk_rows
         self._buffers: dict[str, list[dict[str, Any]]] = {leaf: [] for leaf in leaves}
+        self._keys: dict[str, list[int]] = {leaf: [] for leaf in leaves}
         self._files: dict[str, list[Path]] = {leaf: [] for leaf in leaves}
         self._schemas: dict[str, Any] = {}  # per leaf: the column types of the chunks so far
         self.rows_written: dict[str, int] = dict.fromkeys(leaves, 0)
 
-    def write(self, step: str, rows: list[dict[str, Any]]) -> None:
+    def write(self, step: str, rows: list[dict[str, Any]], keys: list[int]) -> None:
         buffer = self._buffers[step]
         buffer.extend(rows)
+        self._keys[step].extend(keys)
         if len(buffer) >= self.chunk_rows:
             self._flush(step)
 
@@ -87,7 +94,10 @@ class LeafWriter:
         rows = self._buffers[step]
         if not rows:
             return
+        import pyarrow as pa
+
         table = rows_to_table(rows, step)
+        table = table.append_column(KEY_COLUMN, pa.array(self._keys[step], pa.int64()))
         self._check_types(step, table.schema)
         folder = self.data_dir / step
         folder.mkdir(parents=True, exist_ok=True)
@@ -98,6 +108,7 @@ class LeafWriter:
         self._files[step].append(final)
         self.rows_written[step] += len(rows)
         self._buffers[step] = []
+        self._keys[step] = []
 
 
 def _compatible(a: Any, b: Any) -> bool:

@@ -42,6 +42,7 @@ class StoredBatch:
     run: str
     inputs: int | None  # rows that went in (None in records of older versions)
     crc: int | None = None  # of the stored bytes: finds data overwritten after a power cut
+    failed_at: tuple[int, ...] = ()  # positions of the failed rows among the inputs
 
 
 class PipelineStore:
@@ -115,6 +116,7 @@ class PipelineStore:
                         int(record["seq"]), record["key"], int(record["off"]), int(record["len"]),
                         int(record["rows"]), bool(record.get("last", False)), int(record.get("failed", 0)),
                         str(record.get("run", "")), record.get("in"), record.get("crc"),
+                        tuple(int(i) for i in record.get("fa", ())),
                     )
                 elif kind == "invalidate":
                     found.pop(key, None)
@@ -171,14 +173,17 @@ class PipelineStore:
         self._records = None
 
     def persist(self, step: str, signature: str, seq: int, data: bytes, rows: int, last: bool,
-                failed: int, run: str, inputs: int = 0) -> None:
+                failed: int, run: str, inputs: int = 0, failed_at: tuple[int, ...] = ()) -> None:
         """Store a finished batch, then journal it: the record never points to missing data
         (and one whose bytes a power cut lost is found out by its size and ignored)."""
         key, offset, length = self.segments.append(step, signature, data)
         self._records = None
-        self.journal.append({"t": "batch", "step": step, "sig": signature, "seq": seq, "key": key, "off": offset,
-                             "len": length, "crc": zlib.crc32(data), "rows": rows, "in": inputs, "last": last,
-                             "failed": failed, "run": run})
+        record = {"t": "batch", "step": step, "sig": signature, "seq": seq, "key": key, "off": offset,
+                  "len": length, "crc": zlib.crc32(data), "rows": rows, "in": inputs, "last": last,
+                  "failed": failed, "run": run}
+        if failed_at and len(failed_at) < inputs:  # all failed needs no list
+            record["fa"] = list(failed_at)
+        self.journal.append(record)
 
     def mark_complete(self, pipeline_signature: str, run: str, leaves: dict[str, list[str]]) -> None:
         self.journal.append({"t": "complete", "sig": pipeline_signature, "run": run, "leaves": leaves})
