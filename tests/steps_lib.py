@@ -476,3 +476,36 @@ class SlowUnload(Step):
         if self.marker:
             open(self.marker, "w").close()
         time.sleep(self.seconds)
+
+
+class FailListed(Step):
+    """Raises for a batch holding a row whose ``n`` is listed in the file ``bad`` (read on
+    every batch, so a test can change what fails between runs without changing the step)."""
+
+    bad: str = ""
+    calls: str = ""
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["instruction"]
+
+    @property
+    def outputs(self) -> list[str]:
+        return [self.name]
+
+    def process(self, inputs: StepInput):
+        _log_calls(self.calls, self.name, inputs)
+        listed = {int(n) for n in open(self.bad).read().split()} if self.bad else set()
+        hit = sorted(row["n"] for row in inputs if row["n"] in listed)
+        if hit:
+            raise ValueError(f"rows {hit} are listed as bad")
+        for row in inputs:
+            row[self.name] = f"ok{row['n']}"
+        yield inputs
+
+
+@step(inputs=["instruction"], outputs=["blob"])
+def AddBytes(inputs: StepInput):
+    for row in inputs:
+        row["blob"] = row["instruction"].encode() + b"\x00\xff"
+    yield inputs

@@ -3,6 +3,7 @@ the right diagnosis, and leaves no worker behind (after CPython's test_deadlock.
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -21,7 +22,7 @@ BOUND_S = 25.0
 
 
 def _pipeline(where: str, how: str) -> Pipeline:
-    limits = {"timeout": 1.0, "load_timeout": 1.0}
+    limits = {"timeout": 1.0, "load_timeout": 4.0}  # load: spawn and imports too, slow on a busy machine
     with Pipeline(name=f"matrix-{where}-{how}") as pipeline:
         if where == "generator":
             FaultyGenerator(name="faulty", how=how, **limits) >> Measure()
@@ -67,7 +68,7 @@ def test_crash_matrix(where, how):
     elif how == "segfault":
         assert type(cause) is WorkerDied and "died (SIGSEGV)" in text
     elif how == "hang":
-        assert type(cause) is StepTimeout and "timeout of 1s" in text and "killed" in text
+        assert type(cause) is StepTimeout and re.search(r"timeout of [14]s", text) and "killed" in text
     elif how == "unpicklable_output":
         assert err.record.type_name == "synthpipe.errors.UnpicklableOutput"
         assert "cannot be sent to another process" in text and "_thread.lock" in text

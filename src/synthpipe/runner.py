@@ -6,9 +6,7 @@ process machinery above it.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
 import time
 from pathlib import Path
@@ -17,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 from synthpipe.distiset import Distiset
 from synthpipe.errors import RunInterrupted
 from synthpipe.pipeline.plan import Plan, build_plan
+from synthpipe.retry import retry_failed_rows
 from synthpipe.runtime.local import ExecutorHooks, LocalExecutor
 from synthpipe.runtime.scheduler import Batch, Persist, Scheduler, StepSpec
 from synthpipe.runtime.signals import StopSignals
-from synthpipe.store.failed_rows import FailedRowsLedger, read_failed_rows
+from synthpipe.store.failed_rows import FailedRowsLedger, read_failed_rows, write_failed_rows
 from synthpipe.store.leaf_writer import LeafWriter
 from synthpipe.store.pipeline_store import SYNC_EVERY_SECONDS, PipelineStore
 from synthpipe.store.run_dir import RunDirectory, structure_signature
@@ -55,6 +54,7 @@ def step_specs(plan: Plan, dry_run: bool = False) -> list[StepSpec]:
                 max_restarts=step.max_restarts,
                 max_failed_rows=step.max_failed_rows,
                 max_failure_rate=step.max_failure_rate,
+                capacity=step.batches_at_once(),
             )
         )
     return specs
@@ -74,6 +74,7 @@ def run_pipeline(
     parameters: dict[str, dict[str, Any]] | None = None,
     dataset: Any = None,
     use_cache: bool = True,
+    retry_failed: bool = False,
     log_level: str | int | None = None,
     dry_run_batch_size: int | None = None,
 ) -> Distiset:
@@ -87,9 +88,15 @@ def run_pipeline(
             return _execute(pipeline, plan, signatures, store, level, durable=False)
         _invalidate(store, plan, signatures, use_cache)
         finished = store.completed_run(combined_signature(signatures))
-        if finished is not None:
-            return _finished_result(pipeline, plan, signatures, store, *finished, level)
-        return _execute(pipeline, plan, signatures, store, level, durable=True)
+        if finished is None:
+            result = _execute(pipeline, plan, signatures, store, level, durable=True)
+            if not retry_failed or not result.failed_rows:
+                return result
+        if retry_failed:
+            finished = retry_failed_rows(pipeline, plan, signatures, store, level, _execute,
+                                         say=lambda text: _say(level, text))
+        assert finished is not None
+        return _finished_result(pipeline, plan, store, *finished, level, quiet=retry_failed)
     finally:
         store.close()
 
@@ -103,20 +110,26 @@ def _invalidate(store: PipelineStore, plan: Plan, signatures: dict[str, str], us
             store.invalidate(name, signatures[name])
 
 
-def _finished_result(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], store: PipelineStore,
-                     run_dir: Path, leaves: dict[str, list[str]], level: int) -> Distiset:
+def _finished_result(pipeline: Pipeline, plan: Plan, store: PipelineStore, run_dir: Path,
+                     leaves: dict[str, list[str]], level: int, quiet: bool = False) -> Distiset:
     """The result of a run that finished this very pipeline: no worker starts."""
-    logs = RunLogging(level, None)
-    try:
-        logger.info("synthpipe: pipeline '%s' already finished in run %s; returning its result "
-                    "(run(use_cache=False) computes it again)", pipeline.name, run_dir.name)
-    finally:
-        logs.close()
+    if not quiet:
+        _say(level, f"synthpipe: pipeline '{pipeline.name}' already finished in run {run_dir.name}; "
+                    "returning its result (run(use_cache=False) computes it again)")
     return Distiset.from_leaf_files(
         {leaf: [run_dir / f for f in leaves.get(leaf, [])] for leaf in plan.dag.leaves()},
-        store.failed_rows(None, signatures),
+        read_failed_rows(run_dir / "failed_rows.jsonl"),
         run_dir=run_dir,
     )
+
+
+def _say(level: int, text: str) -> None:
+    """One line on the terminal, outside a run (no run log file to go to)."""
+    logs = RunLogging(level, None)
+    try:
+        logger.info("%s", text)
+    finally:
+        logs.close()
 
 
 def _execute(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], store: PipelineStore, level: int,
@@ -232,20 +245,12 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     if not durable:
         return Distiset.from_leaf_files(files, read_failed_rows(run_dir.failed_rows_path), run_dir=run_dir.path)
     failed = store.failed_rows(None, signatures)
-    _write_jsonl(run_dir.failed_rows_path, failed)  # with the run's output, as the result has them
+    write_failed_rows(run_dir.failed_rows_path, failed)  # with the run's output, as the result has them
     distiset = Distiset.from_leaf_files(files, failed, run_dir=run_dir.path)
     # only a result that could be built is recorded as the pipeline's result
     store.mark_complete(combined_signature(signatures), run_id,
                         {leaf: [str(f.relative_to(run_dir.path)) for f in fs] for leaf, fs in files.items()})
     return distiset
-
-
-def _write_jsonl(path: Path, entries: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for entry in entries:
-            fh.write(json.dumps(entry, default=repr) + "\n")
-    os.replace(tmp, path)
 
 
 def _keep_finished_rows(writer: LeafWriter) -> None:

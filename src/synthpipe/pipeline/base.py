@@ -90,6 +90,7 @@ class Pipeline:
         dataset: Any = None,
         *,
         use_cache: bool = True,
+        retry_failed: bool = False,
         log_level: str | None = None,
     ) -> Distiset:
         """Validate, run every step in worker processes, return the leaf datasets.
@@ -98,11 +99,15 @@ class Pipeline:
         dicts, a ``datasets.Dataset`` or a pandas DataFrame) feeds a pipeline whose
         first step is not a generator. Every finished batch is stored: running the same
         pipeline again resumes, reusing them; ``use_cache=False`` computes everything again.
+        ``retry_failed=True`` gives the rows that failed (see ``Distiset.failed_rows``) one more
+        try, through the step that failed them and every step after it, and puts what comes
+        out back in its place in the result; nothing else is computed again.
         """
         from synthpipe.runner import run_pipeline
 
         return run_pipeline(
-            self, parameters=parameters, dataset=dataset, use_cache=use_cache, log_level=log_level
+            self, parameters=parameters, dataset=dataset, use_cache=use_cache, retry_failed=retry_failed,
+            log_level=log_level,
         )
 
     def dry_run(

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ class FailedRowsLedger:
                     "input_index": input_index,
                     "key": row_keys[offset] if offset < len(row_keys) else None,
                     "data": row,
+                    **_exact_copy(row),
                     "attempts": attempts,
                     "error_type": error.type_name,
                     "message": error.message,
@@ -69,6 +74,36 @@ class FailedRowsLedger:
 
     def close(self) -> None:
         self._lines.close()
+
+
+def _exact_copy(row: dict[str, Any]) -> dict[str, str]:
+    """A row that JSON cannot hold exactly (bytes, images, arrays...) is also kept pickled,
+    so retrying it gives the step the very row that failed."""
+    try:
+        if json.loads(json.dumps(row)) == row:
+            return {}
+    except (TypeError, ValueError):
+        pass
+    try:
+        return {"data_pickle": base64.b64encode(pickle.dumps(row, protocol=pickle.HIGHEST_PROTOCOL)).decode()}
+    except Exception:
+        return {}
+
+
+def row_of_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """The input row of a ledger entry, exactly as the step was given it where it was kept."""
+    if "data_pickle" in entry:
+        return pickle.loads(base64.b64decode(entry["data_pickle"]))
+    return dict(entry["data"])
+
+
+def write_failed_rows(path: Path, entries: list[dict[str, Any]]) -> None:
+    """A result's failed rows, written whole (replacing the file at once)."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for entry in entries:
+            fh.write(json.dumps(entry, default=repr) + "\n")
+    os.replace(tmp, path)
 
 
 def read_failed_rows(path: Path) -> list[dict[str, Any]]:
