@@ -2495,3 +2495,38 @@ def test_keys_of_a_replayed_batch_with_failed_rows_are_those_of_its_first_run():
     acts = sched.batch_done("b", REPLAY, rb.ticket, [{"i": 0}, {"i": 2}, {"i": 4}])
     (emit,) = [a for a in acts if isinstance(a, Emit)]
     assert emit.keys == [0, 2, 4]
+
+
+# -- rows failing on their own (an LLM request that still failed) --------------------------
+
+
+def test_rows_failed_alone_go_to_the_ledger_and_the_rest_of_the_batch_goes_on():
+    specs = [gen("gen", ("a",), batch_size=10), step("a", ("gen",), batch_size=5, on_error="skip")]
+    sched, (d0, d1) = started(specs)
+    e1 = ErrorRecord.from_message("RequestFailed", "429 after 6 attempts", step="a")
+    e3 = ErrorRecord.from_message("RequestFailed", "timed out", step="a")
+    kept = [r for i, r in enumerate(d0.batch.inputs[0]) if i not in (1, 3)]
+    acts = sched.batch_done("a", 0, d0.ticket, kept, False, [(1, e1), (3, e3)])
+    sched.check_invariants()
+    failed = [a for a in acts if isinstance(a, RowsFailed)]
+    assert [(ids(f.batch), f.batch.keys, f.batch.row_start, f.error) for f in failed] == [
+        ([1], [[1]], 1, e1), ([3], [[3]], 3, e3)]
+    (persist,) = [a for a in acts if isinstance(a, Persist)]
+    assert (persist.failed, persist.failed_at, persist.ticket) == (2, (1, 3), d0.ticket)
+    (emit,) = [a for a in acts if isinstance(a, Emit)]
+    assert ([r["i"] for r in emit.rows], emit.keys) == ([0, 2, 4], [0, 2, 4])
+    assert sched.stats()["a"].rows_failed == 2
+
+
+def test_a_row_failed_alone_stops_a_step_whose_policy_is_fail():
+    specs = [gen("gen", ("a",), batch_size=10), step("a", ("gen",), batch_size=5)]
+    sched, (d0, _) = started(specs)
+    e = ErrorRecord.from_message("RequestFailed", "400 bad request", step="a")
+    assert sched.batch_done("a", 0, d0.ticket, [], False, [(0, e)]) == [Fail(e)]
+
+
+def test_a_step_can_hold_more_batches_per_worker_than_the_default():
+    specs = [gen("gen", ("a",), batch_size=40), step("a", ("gen",), batch_size=5, capacity=6)]
+    sched, dispatches = started(specs, rows=40)
+    assert len(dispatches) == 6 and {d.replica for d in dispatches} == {0}
+    sched.check_invariants()

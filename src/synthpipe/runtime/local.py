@@ -407,7 +407,9 @@ class LocalExecutor:
             data = message[2]
             self._received[ticket] = data
             try:
-                actions = sched.batch_done(worker.step, worker.replica, ticket, pickle.loads(data), message[3])
+                failed = message[4] if len(message) > 4 else ()
+                actions = sched.batch_done(worker.step, worker.replica, ticket, pickle.loads(data), message[3],
+                                           failed=failed)
                 return self._apply(actions)
             finally:
                 self._received.pop(ticket, None)

@@ -3,9 +3,10 @@
 coordinator -> worker:  ("batch", ticket, seq, row_start, inputs) | ("generate", ticket, seq, offset)
                         | ("stop",)
 worker -> coordinator:  ("ready",) | ("load_failed", record)
-                        | ("done", ticket, pickled_rows, last) | ("failed", ticket, record)
+                        | ("done", ticket, pickled_rows, last[, failed]) | ("failed", ticket, record)
                         | ("log", levelno, logger_name, text)
 
+``failed``: [(index, record)], input rows that failed while the rest of the batch went on.
 A ticket names one dispatch; a batch sent again (a retry, a part of it) gets a new one.
 Output rows travel pickled on their own, so the coordinator can store those very bytes.
 """

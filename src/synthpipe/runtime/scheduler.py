@@ -38,6 +38,7 @@ import bisect
 import itertools
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Union
 
@@ -70,6 +71,7 @@ class StepSpec:
     max_restarts: int = 1  # new attempts for a batch whose worker died, before isolating rows
     max_failed_rows: int | None = None
     max_failure_rate: float | None = None
+    capacity: int = 0  # batches one worker holds at a time (0: the scheduler's worker_capacity)
 
 
 @dataclass
@@ -382,7 +384,7 @@ class Scheduler:
             recount += sum(len(r) for iso in st.isolating.values() for r in iso.outputs.values())
             recount += sum(len(o.rows) for o in st.completed.values())
             assert st.held == recount, f"{name}: held {st.held} != {recount}"
-            capacity = 1 if st.spec.kind == "global" else self.worker_capacity
+            capacity = 1 if st.spec.kind == "global" else st.spec.capacity or self.worker_capacity
             assert all(0 <= n <= capacity for n in st.workers.values()), f"{name}: {st.workers}"
 
     # -- events ---------------------------------------------------------------------------
@@ -396,7 +398,10 @@ class Scheduler:
         self.states[step].workers[replica] = 0
         return self._advance()
 
-    def batch_done(self, step: str, replica: int, ticket: int, rows: list[Row], last: bool = False) -> list[Action]:
+    def batch_done(self, step: str, replica: int, ticket: int, rows: list[Row], last: bool = False,
+                   failed: Sequence[tuple[int, ErrorRecord]] = ()) -> list[Action]:
+        """``failed``: input rows (by position in the first input) that failed while the rest of
+        the batch went on; ``rows`` are the outputs of the others."""
         if self._over():
             return []
         st = self.states[step]
@@ -422,9 +427,17 @@ class Scheduler:
             st.last_error = st.last_error or ErrorRecord.from_message(
                 "synthpipe.errors.SynthpipeError", "rows that failed in an earlier run", step=step)
         failed_at = st.stored_failed_at.get(job.batch.seq, ()) if replayed else ()
+        lost: list[Action] = []
+        if failed:
+            if st.spec.on_error == "fail" or st.spec.kind != "normal":
+                return self._fail(failed[0][1])
+            lost = [RowsFailed(_one_row(job.batch, index), error) for index, error in failed]
+            failed_at = tuple(sorted(index for index, _ in failed))
+            st.stats.rows_failed += len(failed)
+            st.last_error = failed[-1][1]
         persist = self._complete(st, job.batch, rows, ticket, failed_at=failed_at)
         too_many = self._failure_guard(st)
-        return [*persist, *(self._fail(too_many) if too_many is not None else self._advance())]
+        return [*lost, *persist, *(self._fail(too_many) if too_many is not None else self._advance())]
 
     def replay_missing(self, step: str, ticket: int) -> list[Action]:
         """The store could not give a batch back (damaged data): compute it afresh."""
@@ -822,7 +835,7 @@ class Scheduler:
             st.ready.append(batch)
 
     def _dispatch(self, st: _StepState, actions: list[Action]) -> None:
-        capacity = 1 if st.spec.kind == "global" else self.worker_capacity
+        capacity = 1 if st.spec.kind == "global" else st.spec.capacity or self.worker_capacity
         while st.ready and st.workers:
             replica = min(st.workers, key=lambda r: (st.workers[r], r))
             if st.workers[replica] >= capacity:
@@ -867,6 +880,12 @@ class Scheduler:
                 st.workers[0] += 1
                 st.in_flight[ticket] = _Job(ticket, 0, None, seq)
                 actions.append(Generate(name, 0, seq, ticket, st.fresh_offset))
+
+
+def _one_row(batch: Batch, index: int) -> Batch:
+    """Row ``index`` of a batch, as a batch of its own (for the failed-rows ledger)."""
+    return replace(batch, inputs=[[batch.inputs[0][index]]], origins=[[batch.origins[0][index]]],
+                   keys=[[batch.keys[0][index]]] if batch.keys else [], row_start=batch.row_start + index)
 
 
 def _output_keys(keys_in: list[int], rows_out: int, failed_at: tuple[int, ...]) -> list[int]:

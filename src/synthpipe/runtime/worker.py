@@ -8,6 +8,7 @@ coordinator decides when to stop) and dies with its parent.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
@@ -67,10 +68,10 @@ class _ForwardingHandler(logging.Handler):
             pass
 
 
-def _read_inbox(conn: Connection, inbox: queue.SimpleQueue[Any]) -> None:
+def _read_inbox(conn: Connection, put: Any) -> None:
     while True:
         try:
-            inbox.put(m.decode(conn.recv_bytes()))
+            put(m.decode(conn.recv_bytes()))
         except (EOFError, OSError):
             # The coordinator is gone (where no parent-death signal exists, this is how we
             # learn it): end now, even in the middle of a batch; nobody waits for its result.
@@ -124,9 +125,6 @@ def worker_main(
     root.setLevel(max(log_level, logging.WARNING))
     logging.getLogger("synthpipe").setLevel(log_level)
 
-    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    threading.Thread(target=_read_inbox, args=(conn, inbox), daemon=True, name="inbox").start()
-
     try:
         import cloudpickle  # noqa: F401  (classes pickled by value need it to load)
 
@@ -135,9 +133,14 @@ def worker_main(
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the user
         channel.send(m.encode((m.LOAD_FAILED, _record(exc, step=step_name, replica=replica, phase="load"))))
         return
-    channel.send(m.encode((m.READY,)))
     try:
-        _serve(step, step_name, replica, channel, inbox)
+        if getattr(step, "is_async", False):
+            asyncio.run(_serve_async(step, step_name, replica, channel, conn))
+        else:
+            inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            threading.Thread(target=_read_inbox, args=(conn, inbox.put), daemon=True, name="inbox").start()
+            channel.send(m.encode((m.READY,)))
+            _serve(step, step_name, replica, channel, inbox)
     finally:
         try:
             step.unload()
@@ -175,3 +178,46 @@ def _serve(step: Any, step_name: str, replica: int, channel: _Channel, inbox: qu
         except BaseException as exc:  # noqa: BLE001
             data = m.encode((m.FAILED, ticket, _record(exc, **where)))
         channel.send(data)
+
+
+async def _serve_async(step: Any, step_name: str, replica: int, channel: _Channel, conn: Connection) -> None:
+    """Every batch as its own task on one event loop: a step waiting on LLM requests keeps
+    them flowing across batches, and answers each batch as soon as it is complete."""
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+    threading.Thread(target=_read_inbox, args=(conn, lambda msg: loop.call_soon_threadsafe(inbox.put_nowait, msg)),
+                     daemon=True, name="inbox").start()
+    running: set[asyncio.Task[None]] = set()
+    channel.send(m.encode((m.READY,)))
+    try:
+        while True:
+            message = await inbox.get()
+            if message is None or message[0] == m.STOP:
+                return
+            task = asyncio.create_task(_run_batch(step, step_name, replica, channel, *message[1:]))
+            running.add(task)
+            task.add_done_callback(running.discard)
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+
+async def _run_batch(step: Any, step_name: str, replica: int, channel: _Channel, ticket: int, seq: int,
+                     row_start: int, inputs: list[list[dict[str, Any]]]) -> None:
+    n = len(inputs[0]) if inputs else 0
+    where = {"step": step_name, "replica": replica, "batch": seq,
+             "rows": (row_start, row_start + n - 1) if n else None}
+    try:
+        rows, failures = await step.aprocess_applying_mappings(*inputs)
+        failed = [
+            (index, _record(error, step=step_name, replica=replica, batch=seq,
+                            rows=(row_start + index, row_start + index)))
+            for index, error in failures
+        ]
+        data = m.encode((m.DONE, ticket, _pickle_rows(step_name, rows), False, failed))
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure must reach the user
+        data = m.encode((m.FAILED, ticket, _record(exc, **where)))
+    await asyncio.to_thread(channel.send, data)  # a full pipe must not stall the other batches

@@ -4,11 +4,13 @@ from synthpipe.steps.base import (
     GeneratorStep,
     GeneratorStepOutput,
     GlobalStep,
+    RowFailure,
     RuntimeParameter,
     Step,
     StepInput,
     StepOutput,
     StepResources,
+    StepResult,
 )
 from synthpipe.steps.decorator import step
 from synthpipe.steps.generators.data import LoadDataFromDicts
@@ -18,10 +20,12 @@ __all__ = [
     "GeneratorStepOutput",
     "GlobalStep",
     "LoadDataFromDicts",
+    "RowFailure",
     "RuntimeParameter",
     "Step",
     "StepInput",
     "StepOutput",
     "StepResources",
+    "StepResult",
     "step",
 ]

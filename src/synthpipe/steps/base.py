@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NamedTuple, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
@@ -39,6 +39,23 @@ StepInput = Annotated[list[dict[str, Any]], "StepInput"]
 StepOutput = Iterator[list[dict[str, Any]]]
 GeneratorStepOutput = Iterator[tuple[list[dict[str, Any]], bool]]
 """A generator step yields ``(rows, is_last_batch)``."""
+
+
+
+class RowFailure(NamedTuple):
+    """One input row that failed while the rest of its batch went on (an LLM request that
+    still failed after its retries): ``index`` is its position in the batch's first input."""
+
+    index: int
+    error: BaseException
+
+
+class StepResult(NamedTuple):
+    """What ``aprocess`` returns: the output rows, and the input rows that failed."""
+
+    rows: list[dict[str, Any]]
+    failures: list[RowFailure]
+
 
 OnError = Literal["fail", "skip"]
 StepKind = Literal["generator", "normal", "global"]
@@ -131,6 +148,12 @@ class _Step(BaseModel):
     def load(self) -> None:
         """Runs once in the worker process before any batch (open clients, load models)."""
 
+    def batches_at_once(self) -> int:
+        """How many batches one worker holds at a time (0: the engine's default). Steps whose
+        work is mostly waiting (LLM requests) take more, to keep requests flowing across
+        batches instead of waiting for each batch's slowest request."""
+        return 0
+
     def unload(self) -> None:
         """Runs once in the worker process after the last batch."""
 
@@ -174,6 +197,10 @@ class _Step(BaseModel):
         """A copy without the pipeline link, fit to ship to a worker process."""
         clone = self.model_copy()
         clone._pipeline = None
+        for name in type(self).model_fields:  # models inside (an LLM) get runtime parameters too
+            value = getattr(clone, name)
+            if isinstance(value, BaseModel) and hasattr(value, "runtime_parameter_names"):
+                object.__setattr__(clone, name, value.model_copy())
         return clone
 
     # -- connecting steps ----------------------------------------------------------------
@@ -232,8 +259,15 @@ class Step(_Step):
 
     input_batch_size: RuntimeParameter[int] = Field(default=50, ge=1)
 
+    is_async: ClassVar[bool] = False
+    """True for steps defining ``async def aprocess(*inputs) -> StepResult`` instead of
+    ``process``: their worker runs an event loop and works on several batches at once."""
+
     def process(self, *inputs: StepInput) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must define process()")
+
+    async def aprocess(self, *inputs: StepInput) -> StepResult:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must define aprocess()")
 
     def process_applying_mappings(self, *inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Run ``process`` on one batch with column mappings applied; collect all it yields."""
@@ -242,11 +276,24 @@ class Step(_Step):
         out: list[dict[str, Any]] = []
         for chunk in self.process(*inputs):
             out.extend(chunk)
+        self._restore_names(inputs, out)
+        return out
+
+    async def aprocess_applying_mappings(self, *inputs: list[dict[str, Any]]) -> StepResult:
+        """``aprocess`` on one batch, with column mappings applied."""
+        for rows in inputs:
+            self._rename_inputs(rows)
+        result = await self.aprocess(*inputs)
+        rows, failures = result if isinstance(result, tuple) else (result, [])
+        rows = list(rows)
+        self._restore_names(inputs, rows)
+        return StepResult(rows, list(failures))
+
+    def _restore_names(self, inputs: tuple[list[dict[str, Any]], ...], out: list[dict[str, Any]]) -> None:
         for rows in inputs:
             self._rename_inputs(rows, reverse=True)
         self._rename_inputs(out, reverse=True)
         self._rename_outputs(out)
-        return out
 
 
 class GlobalStep(Step):
