@@ -124,21 +124,32 @@ def _apply_parameters(dag: DAG, parameters: dict[str, dict[str, Any]], problems:
                 + _suggest(step_name, list(dag.nodes))
             )
             continue
-        allowed = step.runtime_parameter_names()
-        for key, value in (values or {}).items():
-            if key not in allowed:
-                kind = "is not a runtime parameter" if key in type(step).model_fields else "is unknown"
-                problems.append(
-                    f"step '{step_name}': parameter '{key}' {kind}"
-                    + _suggest(key, allowed)
-                    + f"; runtime parameters: {', '.join(allowed) or 'none'}"
-                )
-                continue
-            try:
-                setattr(step, key, value)
-            except ValidationError as exc:
-                reason = "; ".join(e["msg"] for e in exc.errors())
-                problems.append(f"step '{step_name}': parameter '{key}'={value!r} is invalid: {reason}")
+        _apply_to(step, f"step '{step_name}'", values or {}, problems)
+
+
+def _apply_to(target: Any, who: str, values: dict[str, Any], problems: list[str]) -> None:
+    """Set runtime parameters on a step, or on a model inside it (``{"llm": {...}}``)."""
+    allowed = target.runtime_parameter_names()
+    nested = [name for name in type(target).model_fields
+              if hasattr(getattr(target, name, None), "runtime_parameter_names")]
+    for key, value in values.items():
+        if key in nested and isinstance(value, dict):
+            _apply_to(getattr(target, key), f"{who}, {key}", value, problems)
+            continue
+        if key not in allowed:
+            kind = "is not a runtime parameter" if key in type(target).model_fields else "is unknown"
+            names = allowed + [f"{n} (a dict of its own)" for n in nested]
+            problems.append(
+                f"{who}: parameter '{key}' {kind}"
+                + _suggest(key, allowed + nested)
+                + f"; runtime parameters: {', '.join(names) or 'none'}"
+            )
+            continue
+        try:
+            setattr(target, key, value)
+        except ValidationError as exc:
+            reason = "; ".join(e["msg"] for e in exc.errors())
+            problems.append(f"{who}: parameter '{key}'={value!r} is invalid: {reason}")
 
 
 def _check_kinds(dag: DAG, problems: list[str]) -> None:

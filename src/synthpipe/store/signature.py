@@ -21,6 +21,9 @@ NOT_IN_SIGNATURE = frozenset({
 
 def _stable(value: Any) -> Any:
     """A JSON-able form of a field value that does not depend on object addresses."""
+    if hasattr(value, "signature_fields"):  # a model: only what changes its output, never a key
+        return {"__class__": f"{type(value).__module__}.{type(value).__qualname__}",
+                **{k: _stable(v) for k, v in value.signature_fields().items()}}
     if hasattr(value, "model_dump"):
         return {"__class__": f"{type(value).__module__}.{type(value).__qualname__}",
                 **{k: _stable(v) for k, v in value.model_dump().items()}}

@@ -1,0 +1,229 @@
+"""LLMs and embedding models: the contract every backend fulfils.
+
+Async first. A step awaits ``agenerate_batch`` for a whole batch; remote backends
+(``AsyncLLM``) answer it with one request per row, all in flight at once up to the
+endpoint's concurrency limit, and a request that still fails after its retries fails only
+its own row. Local engines (``BatchLLM``) run the batch in the engine, on a thread, so the
+worker's event loop (and the other batches in flight) keep moving.
+
+Outputs follow distilabel's shape, so porting is mostly renaming imports::
+
+    {"generations": ["...", ...], "statistics": {"input_tokens": [12, ...], "output_tokens": [80, ...]}}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, ClassVar, Optional, TypedDict, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
+
+from synthpipe.errors import SynthpipeError
+from synthpipe.steps.base import RUNTIME_PARAMETER, RuntimeParameter
+
+ChatType = list[dict[str, Any]]
+"""One conversation: ``[{"role": "system" | "user" | "assistant", "content": "..."}]``."""
+
+
+class GenerateOutput(TypedDict, total=False):
+    generations: list[Optional[str]]
+    statistics: dict[str, list[int]]
+
+
+class InvalidStructuredOutput(SynthpipeError):
+    """A generation that does not match the requested schema; the raw text is kept."""
+
+    def __init__(self, message: str, raw_output: str | None) -> None:
+        super().__init__(message)
+        self.raw_output = raw_output
+
+    def __reduce__(self) -> Any:
+        return (type(self), (str(self), self.raw_output))
+
+
+class StructuredOutput(BaseModel):
+    """Ask for JSON matching ``json_schema`` (a JSON schema, or a pydantic model class whose
+    schema is taken); backends use their native guided decoding, and every result is validated.
+
+    An LLM's ``structured_output`` also takes ``{"schema": ...}`` (distilabel's spelling), a
+    schema dict or a pydantic model class.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    json_schema: dict[str, Any]
+    name: str = "output"
+
+    @field_validator("json_schema", mode="before")
+    @classmethod
+    def _schema_of_model(cls, value: Any) -> Any:
+        if isinstance(value, type) and issubclass(value, BaseModel):
+            return value.model_json_schema()
+        return value
+
+    def validate_text(self, text: str | None) -> Any:
+        """The parsed value; ``InvalidStructuredOutput`` (keeping the text) if it does not match."""
+        import jsonschema
+
+        if text is None:
+            raise InvalidStructuredOutput("the model returned no text where JSON was asked for", text)
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidStructuredOutput(f"the output is not valid JSON ({exc}); raw output: {text!r}", text) from None
+        try:
+            jsonschema.validate(value, self.json_schema)
+        except jsonschema.ValidationError as exc:
+            raise InvalidStructuredOutput(
+                f"the output does not match the schema: {exc.message}; raw output: {text!r}", text) from None
+        return value
+
+
+def _runtime_parameter_names(cls: type[BaseModel]) -> list[str]:
+    return [n for n, info in cls.model_fields.items() if any(m is RUNTIME_PARAMETER for m in info.metadata)]
+
+
+class LLM(BaseModel):
+    """A model that writes text for chat-format inputs.
+
+    Subclasses set ``model_name`` and implement ``agenerate_batch`` (or one of the two bases
+    below). ``generation_kwargs`` (temperature, max_new_tokens...) is a runtime parameter:
+    ``pipeline.run(parameters={"task": {"llm": {"generation_kwargs": {...}}}})``.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", validate_assignment=True,
+                              protected_namespaces=())
+
+    generation_kwargs: RuntimeParameter[dict[str, Any]] = Field(default_factory=dict)
+    structured_output: Optional[StructuredOutput] = None
+
+    NOT_IN_SIGNATURE: ClassVar[frozenset[str]] = frozenset()
+    """Fields that change how requests are made, not what comes back (concurrency, timeouts,
+    keys): a change to them reuses stored results."""
+
+    @field_validator("structured_output", mode="before")
+    @classmethod
+    def _structured_output_from_dict(cls, value: Any) -> Any:
+        if isinstance(value, type) and issubclass(value, BaseModel):
+            return StructuredOutput(json_schema=value)
+        if isinstance(value, dict):
+            if "schema" in value:
+                extra = {k: v for k, v in value.items() if k not in ("schema", "format")}
+                return StructuredOutput(json_schema=value["schema"], **extra)
+            if "json_schema" not in value:
+                return StructuredOutput(json_schema=value)
+            return StructuredOutput(**value)
+        return value
+
+    @property
+    def model_name(self) -> str:
+        raise NotImplementedError(f"{type(self).__name__} must define model_name")
+
+    @classmethod
+    def runtime_parameter_names(cls) -> list[str]:
+        return _runtime_parameter_names(cls)
+
+    def load(self) -> None:
+        """Runs in the worker before the first batch: open clients, load weights."""
+
+    def unload(self) -> None:
+        """Runs in the worker after the last batch."""
+
+    def concurrency(self) -> int:
+        """Requests this model can serve at once (a step keeps that many rows in flight)."""
+        return 1
+
+    def signature_fields(self) -> dict[str, Any]:
+        """What goes into a step's signature: every field that can change the output."""
+        skip = self.NOT_IN_SIGNATURE
+        return {
+            name: getattr(self, name)
+            for name in type(self).model_fields
+            if name not in skip and not isinstance(getattr(self, name), SecretStr)
+        }
+
+    async def agenerate_batch(
+        self, inputs: list[ChatType], num_generations: int = 1, **kwargs: Any
+    ) -> list[Union[GenerateOutput, BaseException]]:
+        """One output per input, in order; a row that failed is its exception."""
+        raise NotImplementedError(f"{type(self).__name__} must define agenerate_batch()")
+
+    def generate(self, inputs: list[ChatType], num_generations: int = 1, **kwargs: Any) -> list[GenerateOutput]:
+        """Blocking convenience for scripts and notebooks (outside a running event loop);
+        raises the first row's error."""
+        outputs = asyncio.run(self.agenerate_batch(inputs, num_generations, **{**self.generation_kwargs, **kwargs}))
+        for output in outputs:
+            if isinstance(output, BaseException):
+                raise output
+        return outputs  # type: ignore[return-value]
+
+    def __repr__(self) -> str:  # never a key, even by accident
+        shown = {k: v for k, v in self.signature_fields().items() if k != "generation_kwargs"}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+
+class AsyncLLM(LLM):
+    """A remote model: ``agenerate`` makes one request; all rows of a batch go at once, and
+    the backend's own limiter decides how many are really in flight."""
+
+    async def agenerate(self, input: ChatType, num_generations: int = 1, **kwargs: Any) -> GenerateOutput:
+        raise NotImplementedError(f"{type(self).__name__} must define agenerate()")
+
+    async def agenerate_batch(
+        self, inputs: list[ChatType], num_generations: int = 1, **kwargs: Any
+    ) -> list[Union[GenerateOutput, BaseException]]:
+        return await asyncio.gather(
+            *(self.agenerate(chat, num_generations, **kwargs) for chat in inputs), return_exceptions=True
+        )
+
+
+class BatchLLM(LLM):
+    """A local engine that generates a whole batch in one call (transformers, llama.cpp, vLLM).
+
+    The call runs on a thread, one batch at a time (engines are not safe to enter twice).
+    """
+
+    _engine_lock: Any = PrivateAttr(default=None)
+
+    def generate_batch(self, inputs: list[ChatType], num_generations: int = 1, **kwargs: Any) -> list[GenerateOutput]:
+        raise NotImplementedError(f"{type(self).__name__} must define generate_batch()")
+
+    async def agenerate_batch(
+        self, inputs: list[ChatType], num_generations: int = 1, **kwargs: Any
+    ) -> list[Union[GenerateOutput, BaseException]]:
+        if self._engine_lock is None:
+            self._engine_lock = asyncio.Lock()
+        async with self._engine_lock:
+            return list(await asyncio.to_thread(self.generate_batch, inputs, num_generations, **kwargs))
+
+    def generate(self, inputs: list[ChatType], num_generations: int = 1, **kwargs: Any) -> list[GenerateOutput]:
+        return self.generate_batch(inputs, num_generations, **{**self.generation_kwargs, **kwargs})
+
+
+class Embeddings(BaseModel):
+    """A model that turns texts into vectors."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", protected_namespaces=())
+
+    NOT_IN_SIGNATURE: ClassVar[frozenset[str]] = frozenset()
+
+    @property
+    def model_name(self) -> str:
+        raise NotImplementedError
+
+    @classmethod
+    def runtime_parameter_names(cls) -> list[str]:
+        return _runtime_parameter_names(cls)
+
+    def load(self) -> None:
+        pass
+
+    def unload(self) -> None:
+        pass
+
+    def signature_fields(self) -> dict[str, Any]:
+        return {n: getattr(self, n) for n in type(self).model_fields if n not in self.NOT_IN_SIGNATURE}
+
+    def encode(self, inputs: list[str]) -> list[list[float]]:
+        raise NotImplementedError(f"{type(self).__name__} must define encode()")

@@ -1,0 +1,6 @@
+"""LLM tasks: a prompt from each row, an LLM's answer back into columns."""
+
+from synthpipe.steps.tasks.base import Task
+from synthpipe.steps.tasks.text_generation import ChatGeneration, TextGeneration
+
+__all__ = ["ChatGeneration", "Task", "TextGeneration"]

@@ -1,0 +1,189 @@
+"""LLM tasks through the engine, against a real OpenAI-compatible HTTP server on 127.0.0.1
+(tests/llm_server.py) that injects 429s, 5xx, hangs, dropped connections and bad JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import BaseModel
+
+from llm_server import LLMTestServer
+from synthpipe.errors import PipelineValidationError
+from synthpipe.models import OpenAILLM
+from synthpipe.pipeline import Pipeline
+from synthpipe.steps import LoadDataFromDicts
+from synthpipe.steps.tasks import ChatGeneration, TextGeneration
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_leftover_workers")]
+
+SECRET = "sk-test-DO-NOT-LEAK-0123456789"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with LLMTestServer(latency=0.0) as srv:
+        yield srv
+
+
+@pytest.fixture(autouse=True)
+def fresh(server):
+    server.configure(latency=0.0, fail_first=0, fail_rate=0.0, retry_after=0.05)
+    server.reset()
+
+
+def _llm(server, **kw) -> OpenAILLM:
+    kw.setdefault("max_retries", 2)
+    kw.setdefault("retry_base_delay", 0.01)
+    return OpenAILLM(model="test-model", base_url=server.base_url, api_key=SECRET, **kw)
+
+
+def _pipeline(server, prompts: list[str], name: str = "llm", batch: int = 8, **llm_kw) -> Pipeline:
+    with Pipeline(name=name) as pipeline:
+        load = LoadDataFromDicts(data=[{"instruction": p} for p in prompts], batch_size=16)
+        load >> TextGeneration(name="gen", llm=_llm(server, **llm_kw), input_batch_size=batch)
+    return pipeline
+
+
+def _rows(distiset) -> list[dict]:
+    return distiset["default"]["train"].to_list()
+
+
+def test_text_generation_writes_generations_in_order_with_metadata(server):
+    prompts = [f"question {i}" for i in range(40)]
+    rows = _rows(_pipeline(server, prompts).run())
+    assert [r["instruction"] for r in rows] == prompts
+    assert [r["generation"] for r in rows] == [f"echo: {p}" for p in prompts]
+    first = rows[0]
+    assert first["model_name"] == "test-model"
+    meta = first["synthpipe_metadata"]
+    assert meta["raw_input_gen"] == [{"role": "user", "content": "question 0"}]
+    assert meta["raw_output_gen"] == "echo: question 0"
+    assert meta["statistics_gen"] == {"input_tokens": 2, "output_tokens": 3}
+    assert server.total_requests == 40
+
+
+def test_requests_flow_across_batches_up_to_the_concurrency_limit(server):
+    server.configure(latency=0.2)
+    prompts = [f"q{i}" for i in range(96)]
+    _pipeline(server, prompts, batch=8, max_concurrency=24).run()
+    # 24 requests in flight at once although a batch holds only 8 rows: batches overlap
+    assert server.max_in_flight == 24
+
+
+def test_a_request_that_keeps_failing_fails_only_its_row(server):
+    prompts = [f"q{i}" for i in range(20)]
+    prompts[5] = "q5 [[500:always]]"
+    prompts[12] = "q12 [[400]]"
+    result = _pipeline(server, prompts).run()
+    assert [r["instruction"] for r in _rows(result)] == [p for i, p in enumerate(prompts) if i not in (5, 12)]
+    failed = {e["data"]["instruction"]: e for e in result.failed_rows}
+    assert set(failed) == {prompts[5], prompts[12]}
+    assert failed[prompts[5]]["error_type"].endswith("RequestFailed") and "HTTP 500" in failed[prompts[5]]["message"]
+    assert server.attempts(prompts[5]) == 3  # the first try and 2 retries
+    assert server.attempts(prompts[12]) == 1  # a 400 is not retried
+    assert failed[prompts[12]]["key"] == 12
+
+
+def test_429_retry_after_5xx_and_dropped_connections_are_retried(server):
+    prompts = ["a [[429:2]]", "b [[503:1]]", "c [[drop:1]]", "d [[502:2]]", "e"]
+    result = _pipeline(server, prompts, max_retries=3).run()
+    assert result.failed_rows == []
+    assert [r["generation"] for r in _rows(result)] == [f"echo: {p}" for p in prompts]
+    assert [server.attempts(p) for p in prompts] == [3, 2, 2, 3, 1]
+
+
+def test_a_hung_request_times_out_and_is_retried_then_fails_its_row(server):
+    prompts = ["fine", "stuck [[hang]]", "late [[hang:1]]"]
+    result = _pipeline(server, prompts, timeout=0.5, max_retries=1).run()
+    assert [r["instruction"] for r in _rows(result)] == ["fine", "late [[hang:1]]"]
+    (failed,) = result.failed_rows
+    assert failed["data"]["instruction"] == "stuck [[hang]]" and "no answer within 0.5s" in failed["message"]
+
+
+class Answer(BaseModel):
+    title: str
+    score: int
+
+
+def test_structured_output_is_asked_for_and_validated(server):
+    prompts = ["one", "two [[badjson]]", "three"]
+    with Pipeline(name="structured") as pipeline:
+        load = LoadDataFromDicts(data=[{"instruction": p} for p in prompts])
+        load >> TextGeneration(name="gen", llm=_llm(server, structured_output={"schema": Answer}))
+    result = pipeline.run()
+    rows = _rows(result)
+    assert [r["instruction"] for r in rows] == ["one", "three"]
+    assert all(Answer.model_validate_json(r["generation"]) for r in rows)
+    body = server.state.recent_requests()[-1]["body"]
+    assert body["response_format"]["type"] == "json_schema"
+    assert body["response_format"]["json_schema"]["schema"]["required"] == ["title", "score"]
+    (failed,) = result.failed_rows
+    assert failed["error_type"].endswith("InvalidStructuredOutput") and "not valid JSON" in failed["message"]
+
+
+def test_generation_kwargs_are_a_runtime_parameter_passed_through(server):
+    pipeline = _pipeline(server, ["x"])
+    pipeline.run(parameters={"gen": {"llm": {"generation_kwargs": {"temperature": 0.3, "max_new_tokens": 7,
+                                                                    "seed": 1}}}})
+    body = server.state.recent_requests()[-1]["body"]
+    assert (body["temperature"], body["max_tokens"], body["seed"]) == (0.3, 7, 1)
+    with pytest.raises(PipelineValidationError, match=r"step 'gen', llm: parameter 'generation_kwarg' is unknown"):
+        pipeline.run(parameters={"gen": {"llm": {"generation_kwarg": {}}}})
+
+
+def test_the_api_key_reaches_the_server_and_nothing_else(server, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SYNTHPIPE_CACHE_DIR", str(cache))
+    prompts = ["fine", "bad [[401]]"]
+    result = _pipeline(server, prompts, name="secret").run(log_level="DEBUG")
+    assert server.state.recent_requests()[-1]["headers"]["Authorization"] == f"Bearer {SECRET}"
+    assert len(result.failed_rows) == 1
+    for path in cache.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in repr(_llm(server)) and SECRET not in json.dumps(result.failed_rows, default=repr)
+
+
+def test_a_changed_key_or_concurrency_reuses_stored_results(server):
+    prompts = [f"q{i}" for i in range(10)]
+    _pipeline(server, prompts, name="reuse").run()
+    before = server.total_requests
+    with Pipeline(name="reuse") as again:
+        load = LoadDataFromDicts(data=[{"instruction": p} for p in prompts], batch_size=16)
+        llm = OpenAILLM(model="test-model", base_url=server.base_url, api_key="another-key", max_concurrency=3)
+        load >> TextGeneration(name="gen", llm=llm, input_batch_size=8)
+    assert len(_rows(again.run())) == 10
+    assert server.total_requests == before
+
+
+def test_failed_requests_are_retried_later_with_retry_failed(server):
+    server.configure(fail_first=6, fail_status=429, retry_after=None)
+    prompts = [f"q{i}" for i in range(24)]
+    pipeline = _pipeline(server, prompts, name="retry-llm", batch=4, max_retries=0, max_concurrency=1)
+    first = pipeline.run()
+    assert len(first.failed_rows) == 6 and len(_rows(first)) == 18
+    retried = pipeline.run(retry_failed=True)
+    assert retried.failed_rows == []
+    assert [r["instruction"] for r in _rows(retried)] == prompts
+    assert server.total_requests == 24 + 6
+
+
+def test_chat_generation_continues_a_conversation(server):
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    with Pipeline(name="chat") as pipeline:
+        LoadDataFromDicts(data=[{"messages": chat}, {"messages": []}]) >> ChatGeneration(name="chat", llm=_llm(server))
+    result = pipeline.run()
+    assert _rows(result)[0]["generation"] == "echo: hello"
+    (failed,) = result.failed_rows
+    assert "must end with a user message" in failed["message"]
+
+
+def test_a_missing_column_is_reported_before_any_request(server):
+    with Pipeline(name="missing") as pipeline:
+        load = LoadDataFromDicts(data=[{"prompt": "x"}])
+        load >> TextGeneration(name="gen", llm=_llm(server), columns=["instruction"])
+    with pytest.raises(PipelineValidationError, match="step 'gen' needs column 'instruction'"):
+        pipeline.run()
+    assert server.total_requests == 0
+
