@@ -6,6 +6,12 @@ from pathlib import Path
 
 import pytest
 
+# No model hub is reachable: every model a test uses is built locally. Set before anything
+# imports huggingface_hub (it reads these once), and inherited by every worker process.
+for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                     "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+    os.environ.setdefault(_key, _value)
+
 
 def _processes() -> list[tuple[int, int, str, bytes]]:
     found = []
