@@ -48,9 +48,10 @@ from distilabel.pipeline import Pipeline
 from distilabel.steps import LoadDataFromDicts
 from distilabel.steps.tasks import TextGeneration
 base_url, rows, in_flight = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+PROMPT = __PROMPT__
 if __name__ == "__main__":
     with Pipeline(name="bench-distilabel") as pipeline:
-        load = LoadDataFromDicts(data=[{"instruction": %r.format(i=i)} for i in range(rows)], batch_size=in_flight)
+        load = LoadDataFromDicts(data=[{"instruction": PROMPT.format(i=i)} for i in range(rows)], batch_size=in_flight)
         llm = OpenAILLM(model="bench-model", base_url=base_url, api_key="sk-bench", max_retries=0)
         load >> TextGeneration(llm=llm, input_batch_size=in_flight)
     start = time.perf_counter()
@@ -59,7 +60,7 @@ if __name__ == "__main__":
     generations = distiset["default"]["train"]["generation"]
     assert len(generations) == rows and all(g and g.startswith("echo: ") for g in generations), generations[:3]
     print("WALL", wall)
-""" % PROMPT
+""".replace("__PROMPT__", repr(PROMPT))
 
 
 def synthpipe_pipeline(base_url: str, rows: int, in_flight: int, cache: str) -> Any:

@@ -13,6 +13,12 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB
     os.environ.setdefault(_key, _value)
 
 
+def python_path(*first: object) -> str:
+    """PYTHONPATH for a child program: ``first``, then whatever this run already has."""
+    parts = [str(p) for p in first] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(parts)
+
+
 def _processes() -> list[tuple[int, int, str, bytes]]:
     found = []
     for entry in Path("/proc").iterdir():

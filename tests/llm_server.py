@@ -1,21 +1,34 @@
 """A small OpenAI-compatible HTTP server for tests and benchmarks (aiohttp.web, 127.0.0.1 only).
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /v1/embeddings``,
-``GET /v1/models``; control: ``GET /_stats``, ``POST /_reset``, ``POST /_config`` (JSON body of
-:class:`ServerConfig` fields).
+``GET /v1/models``, and Anthropic's ``POST /v1/messages``; control: ``GET /_stats``,
+``POST /_reset``, ``POST /_config`` (JSON body of :class:`ServerConfig` fields).
 
 Answers are deterministic: a chat choice is ``"echo: <last user message>"`` (choice ``i > 0``:
 ``"echo <i>: ..."``), cut to ``max_tokens`` words (``finish_reason="length"``). With
 ``response_format={"type": "json_schema", ...}`` the content is a minimal JSON instance of the
-schema; with ``{"type": "json_object"}`` it is ``{"text": ...}``. Embeddings are unit vectors
-derived from a SHA-256 of the text (``dimensions`` from the request, else ``config.embedding_dim``).
+schema; with ``{"type": "json_object"}`` it is ``{"text": ...}``, and with TGI's grammar form
+(``{"type": "json" | "json_object", "value": schema}``) an instance of that schema. Embeddings are
+unit vectors derived from a SHA-256 of the text (``dimensions`` from the request, else
+``config.embedding_dim``).
+
+``/v1/messages`` speaks Anthropic's Messages format: the answer is
+``{"type": "message", "content": [{"type": "text", "text": "echo: ..."}], "stop_reason", "usage":
+{"input_tokens", "output_tokens"}}`` (cut to ``max_tokens`` words, ``stop_reason="max_tokens"``);
+with ``tool_choice={"type": "tool", "name": N}`` the content is one ``tool_use`` block whose
+``input`` is a minimal instance of that tool's ``input_schema`` (``[[badjson]]``: an input that
+does not match it); with ``output_config={"format": {"type": "json_schema", "schema": ...}}`` the
+text is such an instance. ``model``, ``max_tokens`` and ``messages`` are required. Errors are
+``{"type": "error", "error": {"type": "rate_limit_error" | "overloaded_error" | ..., "message"}}``;
+status 529 means overloaded.
 
 Faults, per request, as markers inside the last user message (or an embeddings input). Attempts
 are counted per prompt text (the whole text, marker included), from 1:
 
 * ``[[429:2]]`` -- answer 429 with ``Retry-After`` to the first 2 attempts, then succeed.
-  Any 3-digit status works (``[[500:1]]``, ``[[503:always]]``); with no count (``[[400]]``) it is
-  every attempt. 4xx/5xx bodies are OpenAI-style ``{"error": {"message", "type", "code"}}``.
+  Any 3-digit status works (``[[500:1]]``, ``[[503:always]]``, ``[[529:1]]``); with no count
+  (``[[400]]``) it is every attempt. 4xx/5xx bodies are OpenAI-style
+  ``{"error": {"message", "type", "code"}}`` (Anthropic-style on ``/v1/messages``).
 * ``[[hang]]`` / ``[[hang:1]]`` -- never answer (until the client gives up or the server stops).
 * ``[[drop]]`` / ``[[drop:1]]`` -- close the TCP connection without an answer.
 * ``[[badjson]]`` / ``[[badjson:1]]`` -- structured output that is not valid JSON.
@@ -91,6 +104,25 @@ def _error_body(status: int, message: str) -> dict[str, Any]:
     }
     kind, code = kinds.get(status, ("server_error" if status >= 500 else "invalid_request_error", str(status)))
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+_ANTHROPIC_ERRORS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_RETRY_AFTER_STATUSES = (429, 503, 529)
+
+
+def _anthropic_error_body(status: int, message: str) -> dict[str, Any]:
+    kind = _ANTHROPIC_ERRORS.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 def _text_of(content: Any) -> str:
@@ -270,12 +302,14 @@ def _chat_answer(cfg: ServerConfig, body: dict[str, Any], prompt: str, bad_json:
         text = f"echo: {prompt}" if i == 0 else f"echo {i}: {prompt}"
         finish = "stop"
         words = text.split()
-        if fmt.get("type") in ("json_schema", "json_object"):
+        if fmt.get("type") in ("json_schema", "json_object", "json"):
             if bad_json:
                 content = '{"answer": "' + text[:40] + '", "broken'
             elif fmt.get("type") == "json_schema":
                 schema = (fmt.get("json_schema") or {}).get("schema") or {}
                 content = json.dumps(instance_of(schema, text))
+            elif isinstance(fmt.get("value"), dict):  # TGI's grammar: {"type": "json", "value": schema}
+                content = json.dumps(instance_of(fmt["value"], text))
             else:
                 content = json.dumps({"text": text})
         else:
@@ -306,6 +340,47 @@ def _chat_answer(cfg: ServerConfig, body: dict[str, Any], prompt: str, bad_json:
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         },
+    }
+
+
+def _messages_answer(cfg: ServerConfig, body: dict[str, Any], prompt: str, bad_json: bool) -> dict[str, Any]:
+    """An Anthropic Messages answer: a text block, or the forced tool's ``tool_use`` block."""
+    text = f"echo: {prompt}"
+    choice = body.get("tool_choice") or {}
+    tools = {t.get("name"): t for t in body.get("tools") or [] if isinstance(t, dict)}
+    fmt = (body.get("output_config") or {}).get("format") or {}
+    if choice.get("type") == "tool" and choice.get("name") in tools:
+        name = choice["name"]
+        schema = tools[name].get("input_schema") or {}
+        value = {"broken": text[:40]} if bad_json else instance_of(schema, text)
+        digest = hashlib.sha1(f"{prompt}|{name}".encode()).hexdigest()[:24]
+        content: list[dict[str, Any]] = [{"type": "tool_use", "id": f"toolu_{digest}", "name": name, "input": value}]
+        stop_reason, output_tokens = "tool_use", _words(json.dumps(value))
+    else:
+        stop_reason = "end_turn"
+        if fmt.get("type") == "json_schema" and bad_json:
+            out = '{"answer": "' + text[:40] + '", "broken'
+        elif fmt.get("type") == "json_schema":
+            out = json.dumps(instance_of(fmt.get("schema") or {}, text))
+        else:
+            words = text.split()
+            if len(words) > int(body["max_tokens"]):
+                words, stop_reason = words[: int(body["max_tokens"])], "max_tokens"
+            out = " ".join(words)
+        content = [{"type": "text", "text": out}]
+        output_tokens = _words(out)
+    system = body.get("system")
+    input_tokens = _words(_text_of(system)) + sum(
+        _words(_text_of(m.get("content"))) for m in body.get("messages") or [] if isinstance(m, dict))
+    return {
+        "id": "msg_" + hashlib.sha1(prompt.encode()).hexdigest()[:24],
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model") or cfg.model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
     }
 
 
@@ -395,13 +470,14 @@ def build_app(state: ServerState) -> web.Application:
             body, bad_body = {}, str(exc)
         else:
             bad_body = None
-        if kind == "chat":
+        if kind in ("chat", "messages"):
             prompt = _last_user_text(body)
         elif kind == "completions":
             prompt = _text_of(body.get("prompt"))
         else:
             prompt = "\n".join(_embedding_inputs(body))
         attempt, server_fault = state._arrive(request.path, dict(request.headers), body, prompt)
+        error_body = _anthropic_error_body if kind == "messages" else _error_body
         status = 200
         try:
             cfg = state.config
@@ -411,11 +487,11 @@ def build_app(state: ServerState) -> web.Application:
                 await asyncio.sleep(delay)
             if bad_body is not None:
                 status = 400
-                return reply(400, _error_body(400, f"could not parse the request body: {bad_body}"))
+                return reply(400, error_body(400, f"could not parse the request body: {bad_body}"))
             if server_fault:
                 status = cfg.fail_status
-                extra = _retry_after_headers(cfg, cfg.retry_after) if status in (429, 503) else {}
-                return reply(status, _error_body(status, "server-wide injected fault"), extra)
+                extra = _retry_after_headers(cfg, cfg.retry_after) if status in _RETRY_AFTER_STATUSES else {}
+                return reply(status, error_body(status, "server-wide injected fault"), extra)
             if "hang" in markers:
                 status = 0
                 with state._lock:
@@ -436,14 +512,21 @@ def build_app(state: ServerState) -> web.Application:
             for marker in markers:
                 if marker.isdigit() and len(marker) == 3:
                     status = int(marker)
-                    extra = _retry_after_headers(cfg, cfg.retry_after) if status in (429, 503) else {}
+                    extra = _retry_after_headers(cfg, cfg.retry_after) if status in _RETRY_AFTER_STATUSES else {}
                     message = f"injected fault {status} (attempt {attempt}) for prompt {prompt[:200]!r}"
-                    return reply(status, _error_body(status, message), extra)
+                    return reply(status, error_body(status, message), extra)
             if kind == "chat":
                 if not body.get("messages"):
                     status = 400
                     return reply(400, _error_body(400, "'messages' is required"))
                 return reply(200, _chat_answer(cfg, body, prompt, "badjson" in markers))
+            if kind == "messages":
+                missing = [k for k in ("model", "max_tokens", "messages") if not body.get(k)]
+                if missing or not isinstance(body.get("max_tokens"), int):
+                    status = 400
+                    problem = f"{missing[0]}: Field required" if missing else "max_tokens: must be an integer"
+                    return reply(400, error_body(400, problem))
+                return reply(200, _messages_answer(cfg, body, prompt, "badjson" in markers))
             if kind == "completions":
                 return reply(200, _completion_answer(cfg, body, prompt))
             inputs = _embedding_inputs(body)
@@ -465,6 +548,9 @@ def build_app(state: ServerState) -> web.Application:
 
     async def embeddings(request: web.Request) -> web.StreamResponse:
         return await handle(request, "embeddings")
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        return await handle(request, "messages")
 
     async def models(request: web.Request) -> web.Response:
         model = {"id": state.config.model, "object": "model", "created": 0, "owned_by": "synthpipe-tests"}
@@ -494,6 +580,7 @@ def build_app(state: ServerState) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/v1/messages", messages)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/_stats", stats)
     app.router.add_post("/_reset", reset)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import python_path
 from steps_lib import Explode, FailingGenerator, FailingGlobal, LockError, Measure, Misbehave, NeedsTwoArgs, rows
 from synthpipe.errors import RemoteError, RemoteTraceback, StepFailed, WorkerDied
 from synthpipe.pipeline import Pipeline
@@ -176,7 +177,7 @@ def test_what_the_user_sees_on_the_terminal(tmp_path):
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=60,
-        env={**__import__("os").environ, "PYTHONPATH": tests_dir},
+        env={**__import__("os").environ, "PYTHONPATH": python_path(tests_dir)},
     )
     assert time.monotonic() - start < RUN_BOUND_S + 10
     assert proc.returncode == 1

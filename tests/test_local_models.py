@@ -13,7 +13,7 @@ from synthpipe.pipeline import Pipeline
 from synthpipe.steps import LoadDataFromDicts
 from synthpipe.steps.embeddings import EmbeddingGeneration
 from synthpipe.steps.tasks import TextGeneration
-from tiny_models import build_tiny_gguf, build_tiny_llama, minilm_path
+from synthpipe.testing.tiny_models import build_tiny_gguf, build_tiny_llama, minilm_path
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("no_leftover_workers")]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import python_path
 from resume_pipeline import build
 from steps_lib import Counting, CountingGenerator
 from synthpipe.pipeline import Pipeline
@@ -36,7 +37,8 @@ def _run_program(cache: Path, calls: Path, kill_after: float | None, signum: int
                  kill_at_batches: int | None = None) -> tuple[bool, str]:
     """Run the pipeline as a program; send ``signum`` after ``kill_after`` seconds, or once the
     journal holds ``kill_at_batches`` more finished batches. True if it finished."""
-    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR), "SYNTHPIPE_CACHE_DIR": str(cache), "SYNTHPIPE_PROGRESS": "0"}
+    env = {**os.environ, "PYTHONPATH": python_path(TESTS_DIR), "SYNTHPIPE_CACHE_DIR": str(cache),
+           "SYNTHPIPE_PROGRESS": "0"}
     before = _stored_batches(cache)
     proc = subprocess.Popen([sys.executable, str(SCRIPT), str(calls)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)

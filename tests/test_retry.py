@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import python_path
 from steps_lib import AddBytes, Counting, CountingGenerator, FailListed, JoinCounting
 from synthpipe.errors import SynthpipeError
 from synthpipe.pipeline import Pipeline
@@ -155,7 +156,8 @@ def test_an_interrupted_retry_resumes_without_redoing_finished_retried_batches(t
     assert len(first.failed_rows) == 68
     bad.write_text("")
     program = RETRY_PROGRAM.format(tests=str(TESTS_DIR), calls=str(calls), bad=str(bad))
-    env = {**os.environ, "SYNTHPIPE_CACHE_DIR": str(cache), "SYNTHPIPE_PROGRESS": "0", "PYTHONPATH": str(TESTS_DIR)}
+    env = {**os.environ, "SYNTHPIPE_CACHE_DIR": str(cache), "SYNTHPIPE_PROGRESS": "0",
+           "PYTHONPATH": python_path(TESTS_DIR)}
     before = _calls(calls)
     proc = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import _processes, child_pids
+from conftest import _processes, child_pids, python_path
 from steps_lib import Explode, Measure, Sleepy, rows
 from synthpipe.errors import StepFailed
 from synthpipe.pipeline import Pipeline
@@ -28,7 +28,7 @@ SCRIPT = TESTS_DIR / "signal_pipeline.py"
 
 def _start(tmp_path: Path, mode: str, seconds: float, grace: float) -> tuple[subprocess.Popen, Path]:
     marker = tmp_path / "marker"
-    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR), "SYNTHPIPE_CACHE_DIR": str(tmp_path / "cache"),
+    env = {**os.environ, "PYTHONPATH": python_path(TESTS_DIR), "SYNTHPIPE_CACHE_DIR": str(tmp_path / "cache"),
            "SYNTHPIPE_PROGRESS": "0"}
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT), mode, str(seconds), str(grace), str(marker)],

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_models import HIDDEN, build_tiny_gguf, build_tiny_llama, minilm_path
+from synthpipe.testing.tiny_models import HIDDEN, build_tiny_gguf, build_tiny_llama, minilm_path
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",

@@ -13,7 +13,28 @@ from synthpipe.models.base import (
 )
 from synthpipe.models.openai import ClientvLLM, OllamaLLM, OpenAILLM
 
+_LAZY = {  # backends whose modules are only imported when named (they pull in more)
+    "AnthropicLLM": "synthpipe.models.anthropic",
+    "InferenceEndpointsLLM": "synthpipe.models.huggingface",
+    "LiteLLM": "synthpipe.models.litellm",
+    "TransformersLLM": "synthpipe.models.transformers",
+    "LlamaCppLLM": "synthpipe.models.llamacpp",
+    "LlamaCppEmbeddings": "synthpipe.models.llamacpp",
+    "SentenceTransformerEmbeddings": "synthpipe.models.sentence_transformers",
+    "vLLM": "synthpipe.models.vllm",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'synthpipe.models' has no attribute {name!r}")
+
+
 __all__ = [
+    *_LAZY,
     "LLM",
     "AsyncLLM",
     "BatchLLM",

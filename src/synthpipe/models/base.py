@@ -158,6 +158,13 @@ class LLM(BaseModel):
                 raise output
         return outputs  # type: ignore[return-value]
 
+    def __getstate__(self) -> dict[Any, Any]:
+        """Clients, engines and semaphores belong to one process and loop: a copy (the step
+        shipped to a worker) starts without them and opens its own in ``load()``."""
+        state = super().__getstate__()
+        state["__pydantic_private__"] = dict.fromkeys(state.get("__pydantic_private__") or {})
+        return state
+
     def __repr__(self) -> str:  # never a key, even by accident
         shown = {k: v for k, v in self.signature_fields().items() if k != "generation_kwargs"}
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"

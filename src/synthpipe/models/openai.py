@@ -12,16 +12,13 @@ from typing import Any, ClassVar, Optional
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
+from synthpipe.models._sdk import env_secret
 from synthpipe.models.base import AsyncLLM, ChatType, GenerateOutput
 from synthpipe.steps.base import RuntimeParameter
 
 # distilabel's names for generation kwargs, and the wire names they stand for
 _RENAMED_KWARGS = {"max_new_tokens": "max_tokens"}
 
-
-def _env_secret(name: str) -> Optional[SecretStr]:
-    value = os.environ.get(name)
-    return SecretStr(value) if value else None
 
 
 class OpenAILLM(AsyncLLM):
@@ -38,7 +35,7 @@ class OpenAILLM(AsyncLLM):
     model: str
     base_url: RuntimeParameter[str] = Field(
         default_factory=lambda: os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"))
-    api_key: RuntimeParameter[SecretStr] = Field(default_factory=lambda: _env_secret("OPENAI_API_KEY"))
+    api_key: RuntimeParameter[SecretStr] = Field(default_factory=lambda: env_secret("OPENAI_API_KEY"))
     max_concurrency: RuntimeParameter[int] = Field(default=64, ge=1)
     timeout: RuntimeParameter[float] = Field(default=120.0, gt=0)
     max_retries: RuntimeParameter[int] = Field(default=6, ge=0)
@@ -134,4 +131,4 @@ class ClientvLLM(OpenAILLM):
     """A model served by ``vllm serve`` (OpenAI-compatible, default port 8000)."""
 
     base_url: RuntimeParameter[str] = "http://127.0.0.1:8000/v1"
-    api_key: RuntimeParameter[SecretStr] = Field(default_factory=lambda: _env_secret("VLLM_API_KEY"))
+    api_key: RuntimeParameter[SecretStr] = Field(default_factory=lambda: env_secret("VLLM_API_KEY"))

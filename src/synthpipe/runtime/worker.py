@@ -148,6 +148,12 @@ def worker_main(
             logging.getLogger("synthpipe.worker").exception("step '%s': unload() failed", step_name)
     # Everything is sent (sends are synchronous). Skip the interpreter's teardown (joining
     # pool threads, freeing every module): it is a good part of a short run's time.
+    try:  # what the teardown must still do: multiprocessing's finalizers (named semaphores)
+        from multiprocessing import util
+
+        util._exit_function()
+    except Exception:
+        pass
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -1,0 +1,1 @@
+"""Helpers for testing pipelines offline: tiny, locally built models (random weights)."""
