@@ -4,10 +4,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
+from conftest import python_path
 from llm_server import LLMTestServer
 from synthpipe.errors import PipelineValidationError
 from synthpipe.models import OpenAILLM
@@ -187,3 +193,41 @@ def test_a_missing_column_is_reported_before_any_request(server):
         pipeline.run()
     assert server.total_requests == 0
 
+
+
+# -- the response cache ---------------------------------------------------------------------
+
+
+def test_requests_already_answered_are_not_sent_again_when_only_the_step_changed(server):
+    prompts = [f"q{i}" for i in range(12)]
+    first = _pipeline(server, prompts, name="cached").run()
+    assert server.total_requests == 12
+    with Pipeline(name="cached") as changed:  # a step parameter that changes the output, not the prompts
+        load = LoadDataFromDicts(data=[{"instruction": p} for p in prompts], batch_size=16)
+        load >> TextGeneration(name="gen", llm=_llm(server), input_batch_size=8, add_raw_output=False)
+    again = changed.run()
+    assert server.total_requests == 12  # every answer came from the cache
+    assert [r["generation"] for r in _rows(again)] == [r["generation"] for r in _rows(first)]
+    assert "raw_output_gen" not in _rows(again)[0]["synthpipe_metadata"]
+    changed.run(use_cache=False)  # asks afresh
+    assert server.total_requests == 24
+
+
+def test_answers_of_a_batch_cut_short_by_a_kill_are_not_paid_for_twice(server, tmp_path):
+    server.configure(latency=0.1)
+    env = {**os.environ, "PYTHONPATH": python_path(Path(__file__).parent), "SYNTHPIPE_CACHE_DIR": str(tmp_path),
+           "SYNTHPIPE_PROGRESS": "0"}
+    program = [sys.executable, str(Path(__file__).parent / "llm_pipeline.py"), server.base_url, "60", "6"]
+    proc = subprocess.Popen(program, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while server.total_requests < 30 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.kill()  # SIGKILL mid-batch: the batch itself is not finished, some of its answers are
+    proc.communicate(timeout=30)
+    answered = server.total_requests
+    assert 24 <= answered < 60, answered
+    done = subprocess.run(program, env=env, capture_output=True, text=True, timeout=90)
+    assert "RUN FINISHED 60" in done.stdout, done.stderr
+    # sent twice: only the requests in flight at the kill (at most 6) and those answered in the
+    # last FLUSH_SECONDS before it (answers reach the store in small groups: at most 6 more here)
+    assert server.total_requests <= 60 + 12, server.total_requests

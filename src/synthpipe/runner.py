@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from synthpipe.distiset import Distiset
 from synthpipe.errors import RunInterrupted
+from synthpipe.models.cache import RESPONSE
 from synthpipe.pipeline.plan import Plan, build_plan
 from synthpipe.retry import retry_failed_rows
 from synthpipe.runtime.local import ExecutorHooks, LocalExecutor
@@ -22,6 +23,7 @@ from synthpipe.runtime.signals import StopSignals
 from synthpipe.store.failed_rows import FailedRowsLedger, read_failed_rows, write_failed_rows
 from synthpipe.store.leaf_writer import LeafWriter
 from synthpipe.store.pipeline_store import SYNC_EVERY_SECONDS, PipelineStore
+from synthpipe.store.responses import ResponseLog
 from synthpipe.store.run_dir import RunDirectory, structure_signature
 from synthpipe.store.signature import combined_signature, plan_signatures
 from synthpipe.ui.logs import RunLogging, level_from_env
@@ -89,7 +91,7 @@ def run_pipeline(
         _invalidate(store, plan, signatures, use_cache)
         finished = store.completed_run(combined_signature(signatures))
         if finished is None:
-            result = _execute(pipeline, plan, signatures, store, level, durable=True)
+            result = _execute(pipeline, plan, signatures, store, level, durable=True, read_responses=use_cache)
             if not retry_failed or not result.failed_rows:
                 return result
         if retry_failed:
@@ -133,17 +135,17 @@ def _say(level: int, text: str) -> None:
 
 
 def _execute(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], store: PipelineStore, level: int,
-             durable: bool) -> Distiset:
+             durable: bool, read_responses: bool = True) -> Distiset:
     run_dir = store.new_run()
     logs = RunLogging(level, run_dir.log_path)
     try:
-        return _execute_logged(pipeline, plan, signatures, store, level, durable, run_dir)
+        return _execute_logged(pipeline, plan, signatures, store, level, durable, run_dir, read_responses)
     finally:
         logs.close()
 
 
 def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], store: PipelineStore, level: int,
-                    durable: bool, run_dir: RunDirectory) -> Distiset:
+                    durable: bool, run_dir: RunDirectory, read_responses: bool = True) -> Distiset:
     run_id = run_dir.run_id
     leaves = plan.dag.leaves()
     writer = LeafWriter(run_dir.data_dir, leaves)
@@ -162,6 +164,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     )
     progress = Progress(scheduler.stats())
     warned: set[tuple[str | None, str]] = set()
+    responses = ResponseLog(store.responses_folder)
     synced = [time.monotonic()]
 
     def rows_failed(batch: Batch, error: ErrorRecord) -> None:
@@ -186,6 +189,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
         progress.tick()
         if durable and time.monotonic() - synced[0] > SYNC_EVERY_SECONDS:
             ledger.sync()
+            responses.sync()
             store.sync()
             synced[0] = time.monotonic()
 
@@ -196,10 +200,13 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
         on_replay=replay,
         on_tick=tick,
         on_log=RunLogging.worker_line,
+        on_record=lambda kind, payload: responses.append(*payload) if kind == RESPONSE and durable else None,
     )
     signals = StopSignals()
+    context = {"responses": str(store.responses_folder), "read_responses": read_responses} if durable else {}
     executor = LocalExecutor({n: plan.step(n) for n in plan.order}, scheduler, hooks, signals=signals,
-                             log_level=level, stop_grace_seconds=pipeline.stop_grace_seconds)
+                             log_level=level, stop_grace_seconds=pipeline.stop_grace_seconds,
+                             worker_context=context)
     mode = "running" if durable else "dry run of"
     logger.info("synthpipe: %s pipeline '%s' (%d steps); run directory %s",
                 mode, pipeline.name, len(plan.order), run_dir.path)
@@ -228,6 +235,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
                     signum = signals.received[0]  # it came as the finished run was wound up
                     interrupted = RunInterrupted(signum, f"stopped by {signal.Signals(signum).name}")
                 ledger.close()
+                responses.close()
                 logger.info("synthpipe: pipeline '%s' %s\n%s", pipeline.name, outcome,
                             "\n".join(progress.summary_lines()))
                 if ledger.count:

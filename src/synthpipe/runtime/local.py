@@ -129,6 +129,7 @@ class ExecutorHooks:
     on_persist: Callable[[Persist, bytes], None] = lambda action, data: None
     on_replay: Callable[[str, int], tuple[list[dict[str, Any]], bool]] = lambda step, seq: ([], False)
     on_tick: Callable[[], None] = lambda: None
+    on_record: Callable[[str, Any], None] = lambda kind, payload: None
     on_log: Callable[[int, str, str], None] = field(
         default=lambda level, name, text: logging.getLogger(name).log(level, text)
     )
@@ -169,7 +170,9 @@ class LocalExecutor:
         tick_seconds: float = 0.25,
         stop_grace_seconds: float = 10.0,
         fail_grace_seconds: float = 2.0,
+        worker_context: dict[str, Any] | None = None,
     ) -> None:
+        """``worker_context``: what workers may know of the run (``synthpipe.runtime.worker.context``)."""
         self.steps = steps
         self.scheduler = scheduler
         self.hooks = hooks
@@ -181,6 +184,7 @@ class LocalExecutor:
         self.tick_seconds = tick_seconds
         self.stop_grace_seconds = stop_grace_seconds
         self.fail_grace_seconds = fail_grace_seconds
+        self.worker_context = dict(worker_context or {})
         self.workers: dict[tuple[str, int], _Worker] = {}
         self._payloads: dict[str, bytes] = {}
         self._timers: list[tuple[float, int, str, int]] = []  # (due, tiebreak, step, token)
@@ -247,7 +251,7 @@ class LocalExecutor:
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         process = ctx.Process(
             target=worker_main,
-            args=(child_conn, self._payloads[name], name, replica, self.log_level, parent_pid),
+            args=(child_conn, self._payloads[name], name, replica, self.log_level, parent_pid, self.worker_context),
             name=f"synthpipe:{name}:{replica}",
             daemon=True,
         )
@@ -406,6 +410,9 @@ class LocalExecutor:
         if kind == m.LOG:
             self.hooks.on_log(message[1], message[2], message[3])
             return None
+        if kind == m.RECORD:
+            self.hooks.on_record(message[1], message[2])
+            return None
         if kind == m.READY:
             worker.ready = True
             return self._apply(sched.worker_ready(worker.step, worker.replica))
@@ -535,6 +542,8 @@ class LocalExecutor:
                 message = m.decode(worker.conn.recv_bytes())
                 if message[0] == m.LOG:
                     self.hooks.on_log(message[1], message[2], message[3])
+                elif message[0] == m.RECORD:  # an answer that came in as the worker stopped
+                    self.hooks.on_record(message[1], message[2])
         except (EOFError, OSError):
             pass
 

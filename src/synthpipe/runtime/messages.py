@@ -4,8 +4,9 @@ coordinator -> worker:  ("batch", ticket, seq, row_start, inputs) | ("generate",
                         | ("stop",)
 worker -> coordinator:  ("ready",) | ("load_failed", record)
                         | ("done", ticket, pickled_rows, last[, failed]) | ("failed", ticket, record)
-                        | ("log", levelno, logger_name, text)
+                        | ("log", levelno, logger_name, text) | ("record", kind, payload)
 
+``record``: something for the coordinator to keep (an LLM's answer for the response cache).
 ``failed``: [(index, record)], input rows that failed while the rest of the batch went on.
 A ticket names one dispatch; a batch sent again (a retry, a part of it) gets a new one.
 Output rows travel pickled on their own, so the coordinator can store those very bytes.
@@ -17,7 +18,7 @@ import pickle
 from typing import Any
 
 BATCH, GENERATE, STOP = "batch", "generate", "stop"
-READY, LOAD_FAILED, DONE, FAILED, LOG = "ready", "load_failed", "done", "failed", "log"
+READY, LOAD_FAILED, DONE, FAILED, LOG, RECORD = "ready", "load_failed", "done", "failed", "log", "record"
 
 
 def encode(message: tuple[Any, ...]) -> bytes:

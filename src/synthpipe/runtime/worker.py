@@ -28,6 +28,22 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(synthpipe.__file__)) + os.sep
 _PR_SET_PDEATHSIG = 1
 
 
+_CONTEXT: dict[str, Any] = {}
+_CHANNEL: list[_Channel] = []
+
+
+def context() -> dict[str, Any]:
+    """What the coordinator told this worker about the run (where the response cache is,
+    whether it may be read); empty outside a worker."""
+    return dict(_CONTEXT)
+
+
+def publish(kind: str, payload: Any) -> None:
+    """Hand the coordinator something to keep (the only writer of the run's store)."""
+    if _CHANNEL:
+        _CHANNEL[0].send(m.encode((m.RECORD, kind, payload)))
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """On Linux the kernel kills us when our parent dies, even mid-batch.
 
@@ -111,12 +127,15 @@ def _record(exc: BaseException, **where: Any) -> ErrorRecord:
 
 
 def worker_main(
-    conn: Connection, payload: bytes, step_name: str, replica: int, log_level: int, parent_pid: int
+    conn: Connection, payload: bytes, step_name: str, replica: int, log_level: int, parent_pid: int,
+    run_context: dict[str, Any] | None = None,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _die_with_parent(parent_pid)
     channel = _Channel(conn)
+    _CHANNEL[:] = [channel]
+    _CONTEXT.update(run_context or {})
     handler = _ForwardingHandler(channel)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger()

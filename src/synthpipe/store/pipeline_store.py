@@ -3,6 +3,7 @@
     journal.jsonl       what is finished (the truth for resuming)
     batches/<step>/<signature>.seg   finished batches, appended
     failed_rows.jsonl   every failed row, with the batch and run it belongs to
+    responses/<model>.jsonl   LLM answers already paid for (the response cache)
     runs/<run id>/      one run's log and its leaf datasets (Parquet)
     lock                held by the run in progress
 
@@ -52,6 +53,7 @@ class PipelineStore:
         self.journal = Journal(root / "journal.jsonl")
         self.segments = Segments(root / "batches")
         self.failed_rows_path = root / "failed_rows.jsonl"
+        self.responses_folder = root / "responses"
         self._lock: Any = None
         self._records: list[dict[str, Any]] | None = None
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Optional
 from pydantic import Field
 
 from synthpipe.models.base import LLM, ChatType, GenerateOutput, InvalidStructuredOutput
+from synthpipe.models.cache import generate_cached
 from synthpipe.steps.base import OnError, RowFailure, Step, StepInput, StepResult, column_spec
 
 METADATA_COLUMN = "synthpipe_metadata"
@@ -75,7 +76,8 @@ class Task(Step):
             except Exception as exc:
                 failures.append(RowFailure(index, exc))
         kwargs = dict(self.llm.generation_kwargs)
-        results = await self.llm.agenerate_batch([chat for _, chat in chats], self.num_generations, **kwargs)
+        results = await generate_cached(self.llm, [chat for _, chat in chats], self.num_generations,
+                                        read=self.use_cache, **kwargs)
         if len(results) != len(chats):
             raise RuntimeError(f"{type(self.llm).__name__} returned {len(results)} outputs for {len(chats)} inputs")
         out_by_index: dict[int, list[dict[str, Any]]] = {}

@@ -1,0 +1,132 @@
+"""The response cache: an answer already paid for is never asked for again.
+
+A request's key hashes what decides its answer: the model set-up (the LLM's class and
+signature fields: model, base URL, structured output...), the chat, the number of
+generations and the generation kwargs (the seed among them). Answers are stored with the
+pipeline's store as they arrive, so the requests of batches that were in flight at a
+Ctrl+C, a crash or a kill, of a step whose parameters changed but whose prompts did not,
+or of a pipeline run again, are answered from disk. ``use_cache=False`` (on the run or on
+the step) asks afresh, and still stores what comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Union
+
+from synthpipe.models.base import LLM, AsyncLLM, ChatType, GenerateOutput
+
+RESPONSE = "response"  # the kind of record a worker hands the coordinator: (namespace, [(key, answer)])
+FLUSH_ANSWERS = 64
+FLUSH_SECONDS = 0.05
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
+
+
+def namespace_of(llm: LLM) -> str:
+    """One per model set-up: the class and what changes its answers, not its kwargs."""
+    fields = {k: v for k, v in llm.signature_fields().items() if k != "generation_kwargs"}
+    from synthpipe.store.signature import _stable
+
+    blob = _canonical({"class": f"{type(llm).__module__}.{type(llm).__qualname__}", "fields": _stable(fields)})
+    return f"{type(llm).__name__.lower()}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def request_key(chat: ChatType, num_generations: int, kwargs: dict[str, Any]) -> str:
+    blob = _canonical({"chat": chat, "n": num_generations, "kwargs": kwargs})
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class ResponseCache:
+    """A worker's view of one model set-up's stored answers."""
+
+    def __init__(self, llm: LLM, folder: Path | None, read: bool) -> None:
+        from synthpipe.store.responses import ResponseIndex
+
+        self.namespace = namespace_of(llm)
+        self._stored = ResponseIndex(folder, self.namespace) if folder is not None and read else None
+        self.hits = 0
+        self._pending: list[tuple[str, Any]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def get(self, key: str) -> GenerateOutput | None:
+        answer = self._stored.get(key) if self._stored is not None else None
+        if answer is not None:
+            self.hits += 1
+        return answer
+
+    def put(self, key: str, answer: GenerateOutput) -> None:
+        """Queue an answer for the coordinator: sent with others, within FLUSH_SECONDS (a kill
+        loses at most that much), so thousands of answers a second are not thousands of messages."""
+        self._pending.append((key, answer))
+        if len(self._pending) >= FLUSH_ANSWERS:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        from synthpipe.runtime.worker import publish
+
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending:
+            pending, self._pending = self._pending, []
+            publish(RESPONSE, (self.namespace, pending))
+
+
+_CACHES: dict[int, ResponseCache] = {}
+
+
+def cache_for(llm: LLM, read: bool = True) -> ResponseCache | None:
+    """The cache of this LLM in this worker (None outside a run, or in a dry run)."""
+    from synthpipe.runtime.worker import context
+
+    ctx = context()
+    if "responses" not in ctx:
+        return None
+    cache = _CACHES.get(id(llm))
+    if cache is None:
+        cache = _CACHES[id(llm)] = ResponseCache(llm, Path(ctx["responses"]), read and ctx.get("read_responses", True))
+    return cache
+
+
+async def generate_cached(
+    llm: LLM, inputs: list[ChatType], num_generations: int, read: bool = True, **kwargs: Any
+) -> list[Union[GenerateOutput, BaseException]]:
+    """``llm.agenerate_batch``, answering from the cache what it can, storing what it cannot."""
+    cache = cache_for(llm, read)
+    if cache is None:
+        return await llm.agenerate_batch(inputs, num_generations, **kwargs)
+    keys = [request_key(chat, num_generations, kwargs) for chat in inputs]
+    results: list[Union[GenerateOutput, BaseException, None]] = [cache.get(k) if read else None for k in keys]
+    missing = [i for i, result in enumerate(results) if result is None]
+    if not missing:
+        return results  # type: ignore[return-value]
+    if isinstance(llm, AsyncLLM):  # one request per row: each answer is kept the moment it arrives
+
+        async def one(i: int) -> None:
+            answer = await llm.agenerate(inputs[i], num_generations, **kwargs)
+            cache.put(keys[i], answer)
+            results[i] = answer
+
+        try:
+            outcomes = await asyncio.gather(*(one(i) for i in missing), return_exceptions=True)
+        finally:
+            cache.flush()
+        for i, outcome in zip(missing, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                results[i] = outcome
+        return results  # type: ignore[return-value]
+    fresh = await llm.agenerate_batch([inputs[i] for i in missing], num_generations, **kwargs)
+    for i, answer in zip(missing, fresh, strict=True):
+        results[i] = answer
+        if not isinstance(answer, BaseException):
+            cache.put(keys[i], answer)
+    cache.flush()
+    return results  # type: ignore[return-value]
