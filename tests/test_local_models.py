@@ -5,6 +5,12 @@ JSON), and embeddings from llama.cpp and sentence-transformers."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -140,3 +146,76 @@ def test_embeddings_from_llama_cpp_and_sentence_transformers(gguf):
 
     cats, markets = cos(rows[0]["minilm"], rows[1]["minilm"]), cos(rows[0]["minilm"], rows[2]["minilm"])
     assert cats > markets + 0.3, (cats, markets)
+
+
+# -- OpenAILLM against a real OpenAI-compatible server: llama.cpp's ------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def llama_server(gguf, tmp_path_factory):
+    """``python -m llama_cpp.server`` serving the tiny GGUF on 127.0.0.1 (ends with the module)."""
+    pytest.importorskip("llama_cpp.server.app")
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("llama_server") / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "tiny", "--host",
+         "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--n_threads", "1", "--verbose", "False"],
+        stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 45
+        while True:  # the model loads before the port opens: an answer means ready
+            try:
+                urllib.request.urlopen(base + "/v1/models", timeout=2).read()
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                assert proc.poll() is None, "llama_cpp.server exited"
+                assert time.monotonic() < deadline, "llama_cpp.server did not become ready in 45 s"
+                time.sleep(0.1)
+        yield base + "/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
+def test_openai_llm_against_llama_cpp_server_with_structured_output(llama_server):
+    from synthpipe.models import OpenAILLM
+
+    plain = _generate(OpenAILLM(model="tiny", base_url=llama_server, api_key="none", max_concurrency=2),
+                      "llama-server")
+    rows = plain["default"]["train"].to_list()
+    assert [r["instruction"] for r in rows] == PROMPTS and plain.failed_rows == []
+    assert all(r["synthpipe_metadata"]["statistics_gen"]["output_tokens"] > 0 for r in rows)
+
+    llm = OpenAILLM(model="tiny", base_url=llama_server, api_key="none", max_concurrency=2,
+                    structured_output={"schema": SCHEMA}, json_mode="json_object")  # all llama.cpp's server takes
+    with Pipeline(name="llama-server-json") as pipeline:
+        LoadDataFromDicts(data=[{"instruction": p} for p in PROMPTS]) >> TextGeneration(name="gen", llm=llm)
+    result = pipeline.run(parameters={"gen": {"llm": {"generation_kwargs": {"max_new_tokens": 200}}}})
+    rows = result["default"]["train"].to_list()
+    assert len(rows) + len(result.failed_rows) == len(PROMPTS) and len(rows) >= 3
+    for row in rows:
+        assert set(json.loads(row["generation"])) == {"name", "color", "ok"}
+
+
+def test_vllm_on_the_tiny_model_where_vllm_and_a_gpu_exist(llama_dir):
+    pytest.importorskip("vllm")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM needs a GPU")
+    from synthpipe.models import vLLM
+
+    result = _generate(vLLM(model=str(llama_dir), gpu_memory_utilization=0.2, max_model_len=256), "vllm")
+    rows = result["default"]["train"].to_list()
+    assert [r["instruction"] for r in rows] == PROMPTS and result.failed_rows == []

@@ -8,7 +8,7 @@ flight, it tops out near a fifth of what a bare aiohttp loop sustains (see bench
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
@@ -43,6 +43,9 @@ class OpenAILLM(AsyncLLM):
     requests_per_minute: RuntimeParameter[int] = None
     tokens_per_minute: RuntimeParameter[int] = None
     default_headers: Optional[dict[str, str]] = None
+    json_mode: Literal["json_schema", "json_object"] = "json_schema"
+    """How structured output is asked for: OpenAI's ``{"type": "json_schema", ...}``, or
+    ``{"type": "json_object", "schema": ...}`` for servers that only take that (llama.cpp's)."""
 
     NOT_IN_SIGNATURE: ClassVar[frozenset[str]] = frozenset({
         "api_key", "max_concurrency", "timeout", "max_retries", "retry_base_delay", "requests_per_minute",
@@ -91,10 +94,12 @@ class OpenAILLM(AsyncLLM):
             if value is not None:
                 body[_RENAMED_KWARGS.get(key, key)] = value
         if self.structured_output is not None and "response_format" not in body:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": self.structured_output.name, "schema": self.structured_output.json_schema},
-            }
+            schema = self.structured_output.json_schema
+            if self.json_mode == "json_object":
+                body["response_format"] = {"type": "json_object", "schema": schema}
+            else:
+                body["response_format"] = {
+                    "type": "json_schema", "json_schema": {"name": self.structured_output.name, "schema": schema}}
         return body
 
     async def agenerate(self, input: ChatType, num_generations: int = 1, **kwargs: Any) -> GenerateOutput:
