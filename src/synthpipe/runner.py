@@ -208,8 +208,9 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
                              log_level=level, stop_grace_seconds=pipeline.stop_grace_seconds,
                              worker_context=context)
     mode = "running" if durable else "dry run of"
-    logger.info("synthpipe: %s pipeline '%s' (%d steps); run directory %s",
-                mode, pipeline.name, len(plan.order), run_dir.path)
+    logger.info("synthpipe: %s pipeline '%s' (%d steps); run directory %s%s",
+                mode, pipeline.name, len(plan.order), run_dir.path,
+                f" (a working copy of {store.location})" if store.mirror is not None else "")
     reused = sum(len(batches) for batches in stored.values())
     if reused:
         logger.info("synthpipe: resuming: %d batch(es) finished by earlier runs are reused, not recomputed", reused)

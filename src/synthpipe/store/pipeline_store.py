@@ -23,7 +23,8 @@ from typing import Any
 from synthpipe.errors import SynthpipeError
 from synthpipe.store.failed_rows import read_failed_rows
 from synthpipe.store.journal import Journal
-from synthpipe.store.run_dir import RunDirectory, default_cache_root
+from synthpipe.store.remote import RemoteMirror, is_remote, local_copy_root
+from synthpipe.store.run_dir import RunDirectory, cache_location, default_cache_root
 from synthpipe.store.segments import Segments
 
 SYNC_EVERY_SECONDS = 2.0
@@ -47,8 +48,10 @@ class StoredBatch:
 
 
 class PipelineStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, mirror: RemoteMirror | None = None) -> None:
+        """``mirror``: the remote (fsspec) location this local copy is kept in step with."""
         self.root = root
+        self.mirror = mirror
         self.root.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(root / "journal.jsonl")
         self.segments = Segments(root / "batches")
@@ -59,8 +62,18 @@ class PipelineStore:
 
     @classmethod
     def for_pipeline(cls, cache_root: str | os.PathLike[str] | None, name: str, structure: str) -> PipelineStore:
-        root = Path(cache_root).expanduser() if cache_root else default_cache_root()
-        return cls(root / f"{name}-{structure}")
+        folder = f"{name}-{structure}"
+        cache_root = cache_root or cache_location()
+        if is_remote(cache_root):
+            url = f"{str(cache_root).rstrip('/')}/{folder}"
+            local = local_copy_root(url, default_cache_root()) / folder
+            return cls(local, RemoteMirror(url, local))
+        return cls(Path(cache_root).expanduser() / folder)
+
+    @property
+    def location(self) -> str:
+        """Where the store is kept, for messages."""
+        return self.mirror.url if self.mirror is not None else str(self.root)
 
     # -- the run in progress --------------------------------------------------------------
 
@@ -82,6 +95,9 @@ class PipelineStore:
         fh.write(str(os.getpid()))
         fh.flush()
         self._lock = fh
+        if self.mirror is not None:
+            self.mirror.pull()
+            self._records = None
 
     def new_run(self) -> RunDirectory:
         return RunDirectory.create_in(self.root / "runs")
@@ -89,6 +105,8 @@ class PipelineStore:
     def close(self) -> None:
         self.segments.close()
         self.journal.close()
+        if self.mirror is not None and self._lock is not None:
+            self.mirror.push()
         if self._lock is not None:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
@@ -98,6 +116,8 @@ class PipelineStore:
         """Make what was written so far survive a power loss (a killed process needs no sync)."""
         self.segments.sync()
         self.journal.sync()
+        if self.mirror is not None:
+            self.mirror.push_soon()
 
     # -- reading what is there ------------------------------------------------------------
 

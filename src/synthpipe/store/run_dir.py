@@ -11,10 +11,22 @@ from pathlib import Path
 from typing import Any
 
 
-def default_cache_root() -> Path:
+def cache_location() -> str | Path:
+    """Where stores live unless a pipeline says: ``SYNTHPIPE_CACHE_DIR`` (a folder, or an fsspec
+    URL such as ``s3://bucket/synthpipe``), else the user's cache folder."""
     env = os.environ.get("SYNTHPIPE_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
+    if env and "://" in env:
+        return env
+    return default_cache_root()
+
+
+def default_cache_root() -> Path:
+    """The local cache folder (also where copies of remote stores are worked on):
+    ``SYNTHPIPE_LOCAL_CACHE_DIR``, else a local ``SYNTHPIPE_CACHE_DIR``, else ~/.cache/synthpipe."""
+    for name in ("SYNTHPIPE_LOCAL_CACHE_DIR", "SYNTHPIPE_CACHE_DIR"):
+        env = os.environ.get(name)
+        if env and "://" not in env:
+            return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "synthpipe"
 

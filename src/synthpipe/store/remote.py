@@ -1,0 +1,187 @@
+"""A store kept on any fsspec location (``s3://``, ``gs://``, ``az://``, ``memory://``...).
+
+Object stores cannot append, and the store lives by appending. So a run works on a local
+copy (under the local cache root) and mirrors it: append-only files (the journal, batch
+segments, the failed-rows ledger, the response cache) go up as numbered parts holding only
+their new bytes, ``<file>.parts/<offset>``; a run's files (its log, its result) go up whole
+when they change. A run on another machine starts by pulling what is not already local.
+
+Pushes run on a thread of their own every couple of seconds (the coordinator never waits on
+the network) and once more, waited for, when the run ends. A killed run loses at most what
+was written since the last push; a push that fails is reported and retried at the next one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("synthpipe.store")
+
+PARTS = ".parts"
+WHOLE_FILES_UNDER = "runs"  # written whole (and rewritten): uploaded whole
+NOT_MIRRORED = {"lock"}
+
+
+def is_remote(location: str | os.PathLike[str]) -> bool:
+    return "://" in str(location)
+
+
+def local_copy_root(url: str, cache_root: Path) -> Path:
+    """Where this machine keeps its working copy of a remote store."""
+    digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:12]
+    return cache_root / "remote" / digest
+
+
+class RemoteMirror:
+    def __init__(self, url: str, local_root: Path) -> None:
+        from fsspec.core import url_to_fs
+
+        self.url = url.rstrip("/")
+        self.fs, self.root = url_to_fs(self.url)
+        self.root = self.root.rstrip("/")
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
+        self._needs_folders = bool({"file", "local"} & set(protocols))  # object stores have none
+        self.local = local_root
+        self._uploaded: dict[str, int] = {}  # append-only file -> bytes already up
+        self._whole: dict[str, tuple[int, int]] = {}  # whole file -> (size, mtime_ns) already up
+        self._lock = threading.Lock()  # one push at a time
+        self._thread: threading.Thread | None = None
+        self._failed: str | None = None
+
+    # -- down ---------------------------------------------------------------------------
+
+    def pull(self) -> int:
+        """Bring down what the remote store has and this copy lacks; returns bytes fetched."""
+        try:
+            listing: dict[str, Any] = self.fs.find(self.root, detail=True)
+        except FileNotFoundError:
+            return 0
+        parts: dict[str, list[tuple[int, str, int]]] = {}
+        fetched = 0
+        for path, info in listing.items():
+            rel = self._relative(path)
+            if rel is None or info.get("type") == "directory":
+                continue
+            if PARTS + "/" in rel:
+                name, offset = rel.rsplit(PARTS + "/", 1)
+                if offset.isdigit():
+                    parts.setdefault(name, []).append((int(offset), path, int(info.get("size") or 0)))
+                continue
+            target = self.local / rel
+            size = int(info.get("size") or 0)
+            if not target.exists() or target.stat().st_size != size:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _write_atomically(target, self.fs.cat_file(path))
+                fetched += size
+            self._whole[rel] = _stamp(target)
+        for rel, pieces in parts.items():
+            fetched += self._pull_appended(rel, sorted(pieces))
+        return fetched
+
+    def _pull_appended(self, rel: str, pieces: list[tuple[int, str, int]]) -> int:
+        """Rebuild an append-only file from its parts (those this copy has are skipped)."""
+        target = self.local / rel
+        have = target.stat().st_size if target.exists() else 0
+        total = 0
+        expected = 0
+        for offset, _, size in pieces:
+            if offset != expected:
+                break  # a gap (a part lost in a crash): what comes after it cannot be used
+            expected = offset + size
+        usable = [p for p in pieces if p[0] + p[2] <= expected]
+        if have > expected:  # this copy is ahead (it pushed less than it wrote): keep it
+            self._uploaded[rel] = expected
+            return 0
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("ab") as fh:
+            fh.truncate(min(have, expected))
+            fh.seek(0, os.SEEK_END)
+            position = fh.tell()
+            for offset, path, size in usable:
+                if offset + size <= position:
+                    continue
+                data = self.fs.cat_file(path)
+                fh.write(data[position - offset:])
+                position = offset + size
+                total += size
+        self._uploaded[rel] = expected
+        return total
+
+    # -- up -----------------------------------------------------------------------------
+
+    def push_soon(self) -> None:
+        """Start a push on the mirror's thread, unless one is running."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(target=self._push_logged, name="synthpipe-mirror", daemon=True)
+        self._thread.start()
+
+    def push(self) -> None:
+        """Push everything now and wait for it (the end of a run)."""
+        if self._thread is not None:
+            self._thread.join()
+        self._push_logged()
+        if self._failed:
+            logger.error("synthpipe: the store could not be copied to %s: %s; it is kept locally in %s",
+                         self.url, self._failed, self.local)
+
+    def _push_logged(self) -> None:
+        try:
+            self._push()
+            self._failed = None
+        except Exception as exc:  # the network: try again at the next push
+            if self._failed is None:
+                logger.warning("synthpipe: copying the store to %s failed (%s); trying again", self.url, exc)
+            self._failed = f"{type(exc).__name__}: {exc}"
+
+    def _push(self) -> None:
+        with self._lock:
+            for path in sorted(self.local.rglob("*")):
+                if not path.is_file() or path.suffix == ".tmp":
+                    continue
+                rel = path.relative_to(self.local).as_posix()
+                if rel in NOT_MIRRORED:
+                    continue
+                if rel.split("/", 1)[0] == WHOLE_FILES_UNDER:
+                    stamp = _stamp(path)
+                    if self._whole.get(rel) != stamp:
+                        self._put(f"{self.root}/{rel}", path.read_bytes())
+                        self._whole[rel] = stamp
+                    continue
+                size = path.stat().st_size
+                done = self._uploaded.get(rel, 0)
+                if size <= done:
+                    continue
+                with path.open("rb") as fh:
+                    fh.seek(done)
+                    data = fh.read(size - done)
+                self._put(f"{self.root}/{rel}{PARTS}/{done:016d}", data)
+                self._uploaded[rel] = done + len(data)
+
+    def _put(self, path: str, data: bytes) -> None:
+        if self._needs_folders:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.pipe_file(path, data)
+
+    def _relative(self, path: str) -> str | None:
+        path = path.rstrip("/")
+        prefix = self.root + "/"
+        if not path.startswith(prefix):
+            return None
+        return path[len(prefix):]
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
