@@ -9,6 +9,7 @@ from synthpipe.models.base import (
     Embeddings,
     GenerateOutput,
     InvalidStructuredOutput,
+    RemoteLLM,
     StructuredOutput,
 )
 from synthpipe.models.openai import ClientvLLM, OllamaLLM, OpenAILLM
@@ -45,5 +46,6 @@ __all__ = [
     "InvalidStructuredOutput",
     "OllamaLLM",
     "OpenAILLM",
+    "RemoteLLM",
     "StructuredOutput",
 ]

@@ -15,10 +15,10 @@ import os
 import re
 from typing import Any, ClassVar, Optional
 
-from pydantic import Field, PrivateAttr, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr
 
 from synthpipe.models._sdk import close_at_loop_shutdown, env_secret, gather_or_cancel, redact
-from synthpipe.models.base import AsyncLLM, ChatType, GenerateOutput
+from synthpipe.models.base import ChatType, GenerateOutput, RemoteLLM, generations_of_answers
 from synthpipe.steps.base import RuntimeParameter
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -32,7 +32,7 @@ _TOOL_NAME = re.compile(r"[^a-zA-Z0-9_-]")
 
 
 
-class AnthropicLLM(AsyncLLM):
+class AnthropicLLM(RemoteLLM):
     """``model`` (``claude-...``) through the Messages API at ``base_url`` (default
     ``ANTHROPIC_BASE_URL``, else Anthropic's API).
 
@@ -49,11 +49,9 @@ class AnthropicLLM(AsyncLLM):
     wire and unwrapped here).
     """
 
-    model: str
     base_url: RuntimeParameter[str] = Field(
         default_factory=lambda: os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL)
     api_key: RuntimeParameter[SecretStr] = Field(default_factory=lambda: env_secret("ANTHROPIC_API_KEY"))
-    max_concurrency: RuntimeParameter[int] = Field(default=64, ge=1)
     timeout: RuntimeParameter[float] = Field(default=600.0, gt=0)
     max_retries: RuntimeParameter[int] = Field(default=6, ge=0)
     default_headers: Optional[dict[str, str]] = None
@@ -68,17 +66,8 @@ class AnthropicLLM(AsyncLLM):
     _closer: Any = PrivateAttr(default=None)
     _sdk: Any = PrivateAttr(default=None)
 
-    @field_validator("api_key", mode="before")
-    @classmethod
-    def _secret(cls, value: Any) -> Any:
-        return SecretStr(value) if isinstance(value, str) else value
 
-    @property
-    def model_name(self) -> str:
-        return self.model
 
-    def concurrency(self) -> int:
-        return self.max_concurrency or 1
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -163,10 +152,7 @@ class AnthropicLLM(AsyncLLM):
         client, semaphore = await self._open()
         params = self.request_params(input, **kwargs)
         answers = await gather_or_cancel([self._one(client, semaphore, params) for _ in range(num_generations)])
-        return {
-            "generations": [text for text, _, _ in answers],
-            "statistics": {"input_tokens": [i for _, i, _ in answers], "output_tokens": [o for _, _, o in answers]},
-        }
+        return generations_of_answers(answers)
 
     async def _one(self, client: Any, semaphore: asyncio.Semaphore, params: dict[str, Any]) -> tuple[
             Optional[str], int, int]:

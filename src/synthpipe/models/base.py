@@ -185,6 +185,35 @@ class AsyncLLM(LLM):
         )
 
 
+class RemoteLLM(AsyncLLM):
+    """A model behind an HTTP API: its name, a key that is never shown, and how many
+    requests may be in flight at once."""
+
+    model: str
+    api_key: RuntimeParameter[SecretStr] = None
+    max_concurrency: RuntimeParameter[int] = Field(default=64, ge=1)
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _secret(cls, value: Any) -> Any:
+        return SecretStr(value) if isinstance(value, str) else value
+
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    def concurrency(self) -> int:
+        return self.max_concurrency or 1
+
+
+def generations_of_answers(answers: list[tuple[Optional[str], int, int]]) -> GenerateOutput:
+    """One output from separate requests' (text, input tokens, output tokens)."""
+    return {
+        "generations": [text for text, _, _ in answers],
+        "statistics": {"input_tokens": [i for _, i, _ in answers], "output_tokens": [o for _, _, o in answers]},
+    }
+
+
 class BatchLLM(LLM):
     """A local engine that generates a whole batch in one call (transformers, llama.cpp, vLLM).
 

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Optional
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from synthpipe.models._sdk import close_at_loop_shutdown, env_secret, gather_or_cancel, redact
-from synthpipe.models.base import AsyncLLM, ChatType, GenerateOutput
+from synthpipe.models.base import AsyncLLM, ChatType, GenerateOutput, generations_of_answers
 from synthpipe.steps.base import RuntimeParameter
 
 DEFAULT_MAX_TOKENS = 128
@@ -226,10 +226,7 @@ class InferenceEndpointsLLM(AsyncLLM):
         client, semaphore = await self._open()
         params = self.request_params(input, **kwargs)
         answers = await gather_or_cancel([self._one(client, semaphore, params) for _ in range(num_generations)])
-        return {
-            "generations": [text for text, _, _ in answers],
-            "statistics": {"input_tokens": [i for _, i, _ in answers], "output_tokens": [o for _, _, o in answers]},
-        }
+        return generations_of_answers(answers)
 
     async def _one(self, client: Any, semaphore: asyncio.Semaphore, params: dict[str, Any]) -> tuple[
             Optional[str], int, int]:

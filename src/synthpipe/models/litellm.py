@@ -15,10 +15,10 @@ import asyncio
 import os
 from typing import Any, ClassVar, Optional
 
-from pydantic import Field, PrivateAttr, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr
 
 from synthpipe.models._sdk import gather_or_cancel, redact
-from synthpipe.models.base import AsyncLLM, ChatType, GenerateOutput
+from synthpipe.models.base import ChatType, GenerateOutput, RemoteLLM
 from synthpipe.steps.base import RuntimeParameter
 
 # distilabel's names for generation kwargs, and the names LiteLLM takes
@@ -39,7 +39,7 @@ def import_litellm() -> Any:
     return litellm
 
 
-class LiteLLM(AsyncLLM):
+class LiteLLM(RemoteLLM):
     """``model`` in LiteLLM's ``provider/name`` form, e.g. ``openai/gpt-4o-mini`` or, for any
     OpenAI-compatible server, ``openai/<served name>`` with ``api_base``.
 
@@ -55,10 +55,8 @@ class LiteLLM(AsyncLLM):
     ``response_format`` ``json_schema``, which LiteLLM translates for each provider.
     """
 
-    model: str
     api_base: RuntimeParameter[str] = None
     api_key: RuntimeParameter[SecretStr] = None
-    max_concurrency: RuntimeParameter[int] = Field(default=64, ge=1)
     timeout: RuntimeParameter[float] = Field(default=120.0, gt=0)
     num_retries: RuntimeParameter[int] = Field(default=6, ge=0)
     drop_params: bool = False
@@ -71,17 +69,8 @@ class LiteLLM(AsyncLLM):
     _loop: Optional[asyncio.AbstractEventLoop] = PrivateAttr(default=None)
     _litellm: Any = PrivateAttr(default=None)
 
-    @field_validator("api_key", mode="before")
-    @classmethod
-    def _secret(cls, value: Any) -> Any:
-        return SecretStr(value) if isinstance(value, str) else value
 
-    @property
-    def model_name(self) -> str:
-        return self.model
 
-    def concurrency(self) -> int:
-        return self.max_concurrency or 1
 
     # -- lifecycle ----------------------------------------------------------------------
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import Field, PrivateAttr, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr
 
 from synthpipe.models._sdk import env_secret
-from synthpipe.models.base import AsyncLLM, ChatType, GenerateOutput
+from synthpipe.models.base import ChatType, GenerateOutput, RemoteLLM
 from synthpipe.steps.base import RuntimeParameter
 
 # distilabel's names for generation kwargs, and the wire names they stand for
@@ -21,7 +21,7 @@ _RENAMED_KWARGS = {"max_new_tokens": "max_tokens"}
 
 
 
-class OpenAILLM(AsyncLLM):
+class OpenAILLM(RemoteLLM):
     """``model`` served at ``base_url`` (default: OpenAI, or ``OPENAI_BASE_URL``).
 
     ``api_key`` defaults to ``OPENAI_API_KEY``; it is sent only in the Authorization header,
@@ -32,11 +32,9 @@ class OpenAILLM(AsyncLLM):
     attempt bounded by ``timeout`` seconds.
     """
 
-    model: str
     base_url: RuntimeParameter[str] = Field(
         default_factory=lambda: os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"))
     api_key: RuntimeParameter[SecretStr] = Field(default_factory=lambda: env_secret("OPENAI_API_KEY"))
-    max_concurrency: RuntimeParameter[int] = Field(default=64, ge=1)
     timeout: RuntimeParameter[float] = Field(default=120.0, gt=0)
     max_retries: RuntimeParameter[int] = Field(default=6, ge=0)
     retry_base_delay: float = Field(default=0.5, ge=0)
@@ -55,17 +53,8 @@ class OpenAILLM(AsyncLLM):
 
     _client: Any = PrivateAttr(default=None)
 
-    @field_validator("api_key", mode="before")
-    @classmethod
-    def _secret(cls, value: Any) -> Any:
-        return SecretStr(value) if isinstance(value, str) else value
 
-    @property
-    def model_name(self) -> str:
-        return self.model
 
-    def concurrency(self) -> int:
-        return self.max_concurrency or 1
 
     def load(self) -> None:
         from synthpipe.models.openai_client import OpenAICompatibleClient, RetryPolicy
