@@ -71,3 +71,21 @@ def no_leftover_workers():
     yield
     left = set(wait_no_children(timeout=3.0)) - before
     assert not left, f"worker processes left behind: {sorted(left)}"
+
+
+@pytest.fixture(scope="module")
+def _llm_test_server():
+    from llm_server import LLMTestServer
+
+    with LLMTestServer(latency=0.0) as srv:
+        yield srv
+
+
+@pytest.fixture
+def server(_llm_test_server):
+    """The OpenAI/Anthropic-compatible test server (tests/llm_server.py), counters reset and
+    faults off; one per test module."""
+    _llm_test_server.configure(latency=0.0, fail_first=0, fail_rate=0.0, retry_after=0.05,
+                               retry_after_style="seconds")
+    _llm_test_server.reset()
+    return _llm_test_server

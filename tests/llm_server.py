@@ -33,6 +33,8 @@ are counted per prompt text (the whole text, marker included), from 1:
 * ``[[drop]]`` / ``[[drop:1]]`` -- close the TCP connection without an answer.
 * ``[[badjson]]`` / ``[[badjson:1]]`` -- structured output that is not valid JSON.
 * ``[[delay:0.5]]`` -- answer 0.5 s later than the configured latency.
+* ``[[onechoice]]`` -- one choice whatever ``n`` asks for; ``[[refuse]]`` -- a choice with
+  ``content: null`` and ``finish_reason: "content_filter"`` (chat completions).
 
 Server-wide faults (:class:`ServerConfig`): ``fail_first=K`` fails the first K requests,
 ``fail_rate=p`` fails each request with probability p (seeded with ``seed``), both with
@@ -294,10 +296,14 @@ def _markers(prompt: str, attempt: int) -> dict[str, str | None]:
 
 
 def _chat_answer(cfg: ServerConfig, body: dict[str, Any], prompt: str, bad_json: bool) -> dict[str, Any]:
-    n = int(body.get("n") or 1)
+    n = 1 if "[[onechoice]]" in prompt else int(body.get("n") or 1)  # a server that ignores n
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
     fmt = body.get("response_format") or {}
     choices, completion_tokens = [], 0
+    if "[[refuse]]" in prompt:  # a content filter: no text at all
+        n = 0
+        choices.append({"index": 0, "message": {"role": "assistant", "content": None}, "logprobs": None,
+                        "finish_reason": "content_filter"})
     for i in range(n):
         text = f"echo: {prompt}" if i == 0 else f"echo {i}: {prompt}"
         finish = "stop"

@@ -14,11 +14,10 @@ import pytest
 from pydantic import BaseModel
 
 from conftest import python_path
-from llm_server import LLMTestServer
 from synthpipe.errors import PipelineValidationError
 from synthpipe.models import OpenAILLM
 from synthpipe.pipeline import Pipeline
-from synthpipe.steps import LoadDataFromDicts
+from synthpipe.steps import LoadDataFromDicts, StepResources
 from synthpipe.steps.tasks import ChatGeneration, TextGeneration
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_leftover_workers")]
@@ -26,16 +25,6 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_leftover_wor
 SECRET = "sk-test-DO-NOT-LEAK-0123456789"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with LLMTestServer(latency=0.0) as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def fresh(server):
-    server.configure(latency=0.0, fail_first=0, fail_rate=0.0, retry_after=0.05)
-    server.reset()
 
 
 def _llm(server, **kw) -> OpenAILLM:
@@ -149,6 +138,7 @@ def test_the_api_key_reaches_the_server_and_nothing_else(server, tmp_path, monke
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
     assert SECRET not in repr(_llm(server)) and SECRET not in json.dumps(result.failed_rows, default=repr)
+    assert "hunter2" not in repr(OpenAILLM(model="m", base_url="http://me:hunter2@127.0.0.1:9/v1", api_key="k"))
 
 
 def test_a_changed_key_or_concurrency_reuses_stored_results(server):
@@ -231,3 +221,85 @@ def test_answers_of_a_batch_cut_short_by_a_kill_are_not_paid_for_twice(server, t
     # sent twice: only the requests in flight at the kill (at most 6) and those answered in the
     # last FLUSH_SECONDS before it (answers reach the store in small groups: at most 6 more here)
     assert server.total_requests <= 60 + 12, server.total_requests
+
+
+# -- answers that are not what was asked for -------------------------------------------------
+
+
+def test_fewer_generations_than_asked_or_no_text_fail_the_row_never_a_silent_none(server):
+    prompts = ["fine", "short [[onechoice]]", "filtered [[refuse]]"]
+    with Pipeline(name="incomplete") as pipeline:
+        load = LoadDataFromDicts(data=[{"instruction": p} for p in prompts])
+        load >> TextGeneration(name="gen", llm=_llm(server), num_generations=2, group_generations=True)
+    result = pipeline.run()
+    rows = _rows(result)
+    assert [r["instruction"] for r in rows] == ["fine"] and len(rows[0]["generation"]) == 2
+    messages = {e["data"]["instruction"]: e["message"] for e in result.failed_rows}
+    assert "asked test-model for 2 generation(s), it returned 1" in messages["short [[onechoice]]"]
+    assert "IncompleteAnswer" in {e["error_type"].rsplit(".", 1)[-1] for e in result.failed_rows}
+    single = _pipeline(server, ["filtered [[refuse]]", "fine"], name="refused").run()
+    assert [r["instruction"] for r in _rows(single)] == ["fine"]
+    assert "test-model returned no text" in single.failed_rows[0]["message"]
+
+
+def test_an_answer_the_task_rejects_is_not_cached_so_a_retry_asks_again(server):
+    prompts = ["one", "two [[badjson:1]]", "three"]
+    with Pipeline(name="reject") as pipeline:
+        load = LoadDataFromDicts(data=[{"instruction": p} for p in prompts])
+        load >> TextGeneration(name="gen", llm=_llm(server, structured_output={"schema": Answer}))
+    assert len(pipeline.run().failed_rows) == 1
+    retried = pipeline.run(retry_failed=True)
+    assert retried.failed_rows == [] and [r["instruction"] for r in _rows(retried)] == prompts
+    assert server.attempts(prompts[1]) == 2
+
+
+def test_identical_prompts_in_different_rows_are_different_requests_to_the_cache(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTHPIPE_CACHE_DIR", str(tmp_path))
+    prompts = ["Invent a persona."] * 10  # sampling ten answers to one prompt
+    _pipeline(server, prompts, name="same-prompt").run()
+    (responses,) = tmp_path.glob("same-prompt-*/responses/*.jsonl")
+    keys = [json.loads(line)["k"] for line in responses.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 10  # one answer per row, not one shared by all
+
+
+def test_a_hung_batch_times_out_on_time_while_the_worker_finishes_others(server):
+    server.configure(latency=0.2)
+    prompts = [f"q{i}" + (" [[hang]]" if i == 2 else "") for i in range(60)]
+    with Pipeline(name="hung") as pipeline:
+        load = LoadDataFromDicts(data=[{"instruction": p} for p in prompts], batch_size=60)
+        llm = _llm(server, timeout=600, max_concurrency=8)
+        load >> TextGeneration(name="gen", llm=llm, input_batch_size=2, timeout=1.5, max_restarts=0)
+    start = time.monotonic()
+    result = pipeline.run()
+    assert time.monotonic() - start < 20
+    failed = {e["data"]["instruction"] for e in result.failed_rows}
+    assert "q2 [[hang]]" in failed and len(_rows(result)) >= 56
+    assert any("timeout of 1.5s" in e["message"] for e in result.failed_rows)
+
+
+def test_replicas_share_the_endpoints_concurrency_and_generations_do_not_shrink_it(server):
+    server.configure(latency=0.15)
+    prompts = [f"q{i}" for i in range(96)]
+    with Pipeline(name="replicas") as pipeline:
+        load = LoadDataFromDicts(data=[{"instruction": p} for p in prompts], batch_size=32)
+        load >> TextGeneration(name="gen", llm=_llm(server, max_concurrency=12), input_batch_size=4,
+                               resources=StepResources(replicas=3))
+    pipeline.run()
+    assert server.max_in_flight <= 12
+    server.reset()
+    with Pipeline(name="generations") as pipeline:
+        load = LoadDataFromDicts(data=[{"instruction": p} for p in prompts], batch_size=32)
+        load >> TextGeneration(name="gen", llm=_llm(server, max_concurrency=16), input_batch_size=4,
+                               num_generations=3)
+    pipeline.run()
+    assert server.max_in_flight == 16  # n generations ride in one request
+
+
+def test_retried_rows_of_a_task_with_several_generations_land_in_order(server):
+    prompts = [f"q{i}" + (" [[500:1]]" if i in (3, 15) else "") for i in range(20)]
+    with Pipeline(name="expand") as pipeline:
+        load = LoadDataFromDicts(data=[{"instruction": p} for p in prompts], batch_size=8)
+        load >> TextGeneration(name="gen", llm=_llm(server, max_retries=0), input_batch_size=4, num_generations=2)
+    assert len(pipeline.run().failed_rows) == 2
+    retried = pipeline.run(retry_failed=True)
+    assert [r["instruction"] for r in _rows(retried)] == [p for p in prompts for _ in range(2)]

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from llm_server import LLMTestServer
 from synthpipe.models.base import LLM
 from synthpipe.pipeline import Pipeline
 from synthpipe.steps import LoadDataFromDicts
@@ -32,16 +31,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 SECRET = "sk-provider-DO-NOT-LEAK-0123456789"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with LLMTestServer(latency=0.0) as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def fresh(server):
-    server.configure(latency=0.0, fail_first=0, fail_rate=0.0, retry_after=0.05, retry_after_style="seconds")
-    server.reset()
 
 
 @dataclasses.dataclass
@@ -53,7 +42,7 @@ class Backend:
     model: str  # what the rows' model_name column says
 
 
-def _anthropic(server: LLMTestServer, **kw: Any) -> LLM:
+def _anthropic(server: Any, **kw: Any) -> LLM:
     from synthpipe.models.anthropic import AnthropicLLM
 
     kw.setdefault("max_retries", 2)
@@ -61,7 +50,7 @@ def _anthropic(server: LLMTestServer, **kw: Any) -> LLM:
     return AnthropicLLM(model="claude-test", api_key=SECRET, **kw)
 
 
-def _huggingface(server: LLMTestServer, **kw: Any) -> LLM:
+def _huggingface(server: Any, **kw: Any) -> LLM:
     from synthpipe.models.huggingface import InferenceEndpointsLLM
 
     kw.setdefault("max_retries", 2)
@@ -70,7 +59,7 @@ def _huggingface(server: LLMTestServer, **kw: Any) -> LLM:
     return InferenceEndpointsLLM(model_id="test-model", api_key=SECRET, **kw)
 
 
-def _litellm(server: LLMTestServer, **kw: Any) -> LLM:
+def _litellm(server: Any, **kw: Any) -> LLM:
     from synthpipe.models.litellm import LiteLLM
 
     kw.setdefault("num_retries", 2)

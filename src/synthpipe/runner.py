@@ -161,6 +161,8 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
                        for step, batches in stored.items()},
         stored_failed_at={step: {seq: b.failed_at for seq, b in batches.items() if b.failed_at}
                           for step, batches in stored.items()},
+        stored_sources={step: {seq: b.sources for seq, b in batches.items() if b.sources is not None}
+                        for step, batches in stored.items()},
     )
     progress = Progress(scheduler.stats())
     warned: set[tuple[str | None, str]] = set()
@@ -179,7 +181,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     def persist(action: Persist, data: bytes) -> None:
         if durable:
             store.persist(action.step, signatures[action.step], action.seq, data, len(action.rows), action.last,
-                          action.failed, run_id, action.inputs, action.failed_at)
+                          action.failed, run_id, action.inputs, action.failed_at, action.sources)
 
     def replay(step: str, seq: int) -> tuple[list[dict[str, Any]], bool]:
         batch = stored[step][seq]

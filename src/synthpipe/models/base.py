@@ -62,9 +62,16 @@ class StructuredOutput(BaseModel):
             return value.model_json_schema()
         return value
 
+    _validator: Any = PrivateAttr(default=None)
+
     def validate_text(self, text: str | None) -> Any:
         """The parsed value; ``InvalidStructuredOutput`` (keeping the text) if it does not match."""
         import jsonschema
+
+        if self._validator is None:  # the schema is checked, and the validator built, once
+            cls = jsonschema.validators.validator_for(self.json_schema)
+            cls.check_schema(self.json_schema)
+            self._validator = cls(self.json_schema)
 
         if text is None:
             raise InvalidStructuredOutput("the model returned no text where JSON was asked for", text)
@@ -73,7 +80,7 @@ class StructuredOutput(BaseModel):
         except json.JSONDecodeError as exc:
             raise InvalidStructuredOutput(f"the output is not valid JSON ({exc}); raw output: {text!r}", text) from None
         try:
-            jsonschema.validate(value, self.json_schema)
+            self._validator.validate(value)
         except jsonschema.ValidationError as exc:
             raise InvalidStructuredOutput(
                 f"the output does not match the schema: {exc.message}; raw output: {text!r}", text) from None
@@ -134,6 +141,18 @@ class LLM(BaseModel):
         """Requests this model can serve at once (a step keeps that many rows in flight)."""
         return 1
 
+    def requests_per_row(self, num_generations: int) -> int:
+        """Requests one row costs: 1 where the API returns several generations at once."""
+        return 1
+
+    def share_limits(self, parts: int) -> None:
+        """This process is one of ``parts`` replicas of a step: take a share of the limits that
+        hold for the endpoint as a whole (concurrency, rates). Each share adapts on its own
+        (a 429 in one replica slows that replica)."""
+        current = getattr(self, "max_concurrency", None)
+        if parts > 1 and isinstance(current, int) and current > 0:
+            self.max_concurrency = max(1, -(-current // parts))
+
     def signature_fields(self) -> dict[str, Any]:
         """What goes into a step's signature: every field that can change the output."""
         skip = self.NOT_IN_SIGNATURE
@@ -165,8 +184,8 @@ class LLM(BaseModel):
         state["__pydantic_private__"] = dict.fromkeys(state.get("__pydantic_private__") or {})
         return state
 
-    def __repr__(self) -> str:  # never a key, even by accident
-        shown = {k: v for k, v in self.signature_fields().items() if k != "generation_kwargs"}
+    def __repr__(self) -> str:  # never a key, even by accident (nor a password in a URL)
+        shown = {k: _without_userinfo(v) for k, v in self.signature_fields().items() if k != "generation_kwargs"}
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
@@ -204,6 +223,13 @@ class RemoteLLM(AsyncLLM):
 
     def concurrency(self) -> int:
         return self.max_concurrency or 1
+
+
+def _without_userinfo(value: Any) -> Any:
+    if isinstance(value, str) and "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = value.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return value
 
 
 def generations_of_answers(answers: list[tuple[Optional[str], int, int]]) -> GenerateOutput:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 from synthpipe.models.base import LLM, AsyncLLM, ChatType, GenerateOutput
 
+T = TypeVar("T")
 RESPONSE = "response"  # the kind of record a worker hands the coordinator: (namespace, [(key, answer)])
 FLUSH_ANSWERS = 64
 FLUSH_SECONDS = 0.05
@@ -31,14 +33,17 @@ def _canonical(value: Any) -> str:
 def namespace_of(llm: LLM) -> str:
     """One per model set-up: the class and what changes its answers, not its kwargs."""
     fields = {k: v for k, v in llm.signature_fields().items() if k != "generation_kwargs"}
-    from synthpipe.store.signature import _stable
+    from synthpipe.store.signature import stable_form
 
-    blob = _canonical({"class": f"{type(llm).__module__}.{type(llm).__qualname__}", "fields": _stable(fields)})
+    blob = _canonical({"class": f"{type(llm).__module__}.{type(llm).__qualname__}", "fields": stable_form(fields)})
     return f"{type(llm).__name__.lower()}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
-def request_key(chat: ChatType, num_generations: int, kwargs: dict[str, Any]) -> str:
-    blob = _canonical({"chat": chat, "n": num_generations, "kwargs": kwargs})
+def request_key(chat: ChatType, num_generations: int, kwargs: dict[str, Any], position: int | None = None) -> str:
+    """``position``: the row's number in the step's input. Identical prompts in different rows
+    (sampling many answers to one prompt) are different requests; the same row asked again
+    (a resumed batch, a changed task parameter) is the same one."""
+    blob = _canonical({"chat": chat, "n": num_generations, "kwargs": kwargs, "row": position})
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -97,36 +102,58 @@ def cache_for(llm: LLM, read: bool = True) -> ResponseCache | None:
 
 
 async def generate_cached(
-    llm: LLM, inputs: list[ChatType], num_generations: int, read: bool = True, **kwargs: Any
-) -> list[Union[GenerateOutput, BaseException]]:
-    """``llm.agenerate_batch``, answering from the cache what it can, storing what it cannot."""
+    llm: LLM, inputs: list[ChatType], num_generations: int, accept: Callable[[int, GenerateOutput], T],
+    positions: list[int] | None = None, read: bool = True, **kwargs: Any,
+) -> list[Union[T, BaseException]]:
+    """For each input, ``accept(i, answer)`` of the LLM's answer, or the exception that stopped
+    it. Answers come from the cache where it has them; a fresh answer is stored only once
+    ``accept`` took it (a result the task rejects, invalid JSON say, is asked for again next
+    time), and the moment it arrives when the backend answers row by row."""
     cache = cache_for(llm, read)
-    if cache is None:
-        return await llm.agenerate_batch(inputs, num_generations, **kwargs)
-    keys = [request_key(chat, num_generations, kwargs) for chat in inputs]
-    results: list[Union[GenerateOutput, BaseException, None]] = [cache.get(k) if read else None for k in keys]
-    missing = [i for i, result in enumerate(results) if result is None]
+    results: list[Union[T, BaseException, None]] = [None] * len(inputs)
+    keys = [request_key(chat, num_generations, kwargs, positions[i] if positions else None)
+            for i, chat in enumerate(inputs)]
+
+    def take(i: int, answer: Union[GenerateOutput, BaseException], fresh: bool) -> None:
+        if isinstance(answer, BaseException):
+            results[i] = answer
+            return
+        try:
+            results[i] = accept(i, answer)
+        except Exception as exc:
+            results[i] = exc
+            return
+        if fresh and cache is not None:
+            cache.put(keys[i], answer)
+
+    missing = []
+    for i in range(len(inputs)):
+        answer = cache.get(keys[i]) if cache is not None and read else None
+        if answer is None:
+            missing.append(i)
+        else:
+            take(i, answer, fresh=False)
     if not missing:
         return results  # type: ignore[return-value]
-    if isinstance(llm, AsyncLLM):  # one request per row: each answer is kept the moment it arrives
+    try:
+        if isinstance(llm, AsyncLLM) and type(llm).agenerate is not AsyncLLM.agenerate:
+            # one request per row: each answer is taken (and kept) the moment it arrives
 
-        async def one(i: int) -> None:
-            answer = await llm.agenerate(inputs[i], num_generations, **kwargs)
-            cache.put(keys[i], answer)
-            results[i] = answer
+            async def one(i: int) -> None:
+                try:
+                    answer = await llm.agenerate(inputs[i], num_generations, **kwargs)
+                except Exception as exc:
+                    answer = exc
+                take(i, answer, fresh=True)
 
-        try:
-            outcomes = await asyncio.gather(*(one(i) for i in missing), return_exceptions=True)
-        finally:
+            await asyncio.gather(*(one(i) for i in missing))
+        else:
+            fresh = await llm.agenerate_batch([inputs[i] for i in missing], num_generations, **kwargs)
+            if len(fresh) != len(missing):
+                raise RuntimeError(f"{type(llm).__name__} returned {len(fresh)} outputs for {len(missing)} inputs")
+            for i, answer in zip(missing, fresh, strict=True):
+                take(i, answer, fresh=True)
+    finally:
+        if cache is not None:
             cache.flush()
-        for i, outcome in zip(missing, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                results[i] = outcome
-        return results  # type: ignore[return-value]
-    fresh = await llm.agenerate_batch([inputs[i] for i in missing], num_generations, **kwargs)
-    for i, answer in zip(missing, fresh, strict=True):
-        results[i] = answer
-        if not isinstance(answer, BaseException):
-            cache.put(keys[i], answer)
-    cache.flush()
     return results  # type: ignore[return-value]

@@ -222,6 +222,9 @@ class InferenceEndpointsLLM(AsyncLLM):
             params["extra_body"] = extra
         return params
 
+    def requests_per_row(self, num_generations: int) -> int:
+        return num_generations  # one request per generation
+
     async def agenerate(self, input: ChatType, num_generations: int = 1, **kwargs: Any) -> GenerateOutput:
         client, semaphore = await self._open()
         params = self.request_params(input, **kwargs)

@@ -56,6 +56,14 @@ class OpenAILLM(RemoteLLM):
 
 
 
+    def share_limits(self, parts: int) -> None:
+        super().share_limits(parts)
+        if parts > 1:
+            if self.requests_per_minute:
+                self.requests_per_minute = max(1, self.requests_per_minute // parts)
+            if self.tokens_per_minute:
+                self.tokens_per_minute = max(1, self.tokens_per_minute // parts)
+
     def load(self) -> None:
         from synthpipe.models.openai_client import OpenAICompatibleClient, RetryPolicy
 

@@ -105,6 +105,7 @@ class _Worker:
     conn_closed: bool = False
     outstanding: deque[int] = field(default_factory=deque)  # tickets, in the order sent
     busy_since: float | None = None  # when the job at the head of `outstanding` started
+    sent_at: dict[int, float] = field(default_factory=dict)  # ticket -> when it was sent
     started: float = field(default_factory=time.monotonic)
     timed_out: bool = False
     timed_out_ticket: int | None = None  # the job that overran, when the worker was killed
@@ -115,9 +116,19 @@ class _Worker:
             return None
         if not self.ready:
             return self.started + step.load_timeout if step.load_timeout else None
-        if step.timeout and self.busy_since is not None:
+        if not step.timeout:
+            return None
+        if getattr(step, "is_async", False):  # its batches all run at once: each from when it was sent
+            return min(self.sent_at.values()) + step.timeout if self.sent_at else None
+        if self.busy_since is not None:  # one batch at a time: each from when the one before ended
             return self.busy_since + step.timeout
         return None
+
+    def overdue_ticket(self, step: Any) -> int | None:
+        """The job that overran (the oldest)."""
+        if getattr(step, "is_async", False) and self.sent_at:
+            return min(self.sent_at, key=self.sent_at.__getitem__)
+        return self.outstanding[0] if self.outstanding else None
 
 
 @dataclass
@@ -356,7 +367,7 @@ class LocalExecutor:
             deadline = worker.deadline(self.steps[worker.step])
             if deadline is not None and now >= deadline:
                 worker.timed_out = True
-                worker.timed_out_ticket = worker.outstanding[0] if worker.outstanding else None
+                worker.timed_out_ticket = worker.overdue_ticket(self.steps[worker.step])
                 worker.process.kill()
 
     def _drain(self, worker: _Worker, limit: int | None) -> bool | None:
@@ -425,8 +436,9 @@ class LocalExecutor:
             self._received[ticket] = data
             try:
                 failed = message[4] if len(message) > 4 else ()
+                sources = message[5] if len(message) > 5 else None
                 actions = sched.batch_done(worker.step, worker.replica, ticket, pickle.loads(data), message[3],
-                                           failed=failed)
+                                           failed=failed, sources=sources)
                 return self._apply(actions)
             finally:
                 self._received.pop(ticket, None)
@@ -437,6 +449,7 @@ class LocalExecutor:
     def _job_finished(self, worker: _Worker, ticket: int) -> None:
         if ticket in worker.outstanding:
             worker.outstanding.remove(ticket)
+        worker.sent_at.pop(ticket, None)
         worker.busy_since = time.monotonic() if worker.outstanding else None
 
     def _apply(self, actions: list[Action]) -> bool | None:
@@ -486,6 +499,7 @@ class LocalExecutor:
     def _send(self, step: str, replica: int, ticket: int, message: tuple[Any, ...]) -> None:
         worker = self.workers[(step, replica)]
         worker.outstanding.append(ticket)
+        worker.sent_at[ticket] = time.monotonic()
         if worker.busy_since is None:
             worker.busy_since = time.monotonic()
         worker.outbox.put(m.encode(message))

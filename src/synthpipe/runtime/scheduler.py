@@ -153,6 +153,7 @@ class Persist:
     failed: int = 0
     inputs: int = 0  # rows that went into the batch (none for a generator)
     failed_at: tuple[int, ...] = ()  # positions of the failed rows among the batch's inputs
+    sources: tuple[int, ...] | None = None  # per output row, the input it came from (when the step said)
 
 
 @dataclass
@@ -281,6 +282,7 @@ class _StepState:
     stored_inputs: dict[int, int] = field(default_factory=dict)  # seq -> rows that went in
     stored_failed: dict[int, int] = field(default_factory=dict)  # seq -> rows that failed in it
     stored_failed_at: dict[int, tuple[int, ...]] = field(default_factory=dict)  # seq -> their positions
+    stored_sources: dict[int, tuple[int, ...]] = field(default_factory=dict)  # seq -> input of each output row
     rows_released: int = 0  # generators: rows released so far (the next row's key)
     consumed: list[int] = field(default_factory=list)  # per predecessor: rows taken into batches
     fresh_at: list[float] = field(default_factory=list)  # per predecessor: first fresh row (inf: none)
@@ -322,12 +324,14 @@ class Scheduler:
         stored_inputs: dict[str, dict[int, int]] | None = None,
         stored_failed: dict[str, dict[int, int]] | None = None,
         stored_failed_at: dict[str, dict[int, tuple[int, ...]]] | None = None,
+        stored_sources: dict[str, dict[int, tuple[int, ...]]] | None = None,
     ) -> None:
         """``stored``: per step, the batches (seq -> rows out) an earlier run finished;
         ``stored_inputs``: how many rows went into each, where known (a batch formed now with
         another size is not the stored one); ``stored_failed``: rows that failed in each (they
         still count for the failure guard and the statistics when the batch is replayed);
-        ``stored_failed_at``: where in each batch those rows were (the keys of its output follow)."""
+        ``stored_failed_at``: where in each batch those rows were, ``stored_sources``: the input
+        each output row came from, where the step said (the keys of its output follow)."""
         self.specs = {s.name: s for s in specs}
         self.order = [s.name for s in specs]  # topological
         self.states = {
@@ -340,6 +344,7 @@ class Scheduler:
                 stored_inputs=dict((stored_inputs or {}).get(s.name, {})),
                 stored_failed=dict((stored_failed or {}).get(s.name, {})),
                 stored_failed_at=dict((stored_failed_at or {}).get(s.name, {})),
+                stored_sources=dict((stored_sources or {}).get(s.name, {})),
                 consumed=[0 for _ in s.predecessors],
                 fresh_at=[math.inf for _ in s.predecessors],
             )
@@ -399,9 +404,11 @@ class Scheduler:
         return self._advance()
 
     def batch_done(self, step: str, replica: int, ticket: int, rows: list[Row], last: bool = False,
-                   failed: Sequence[tuple[int, ErrorRecord]] = ()) -> list[Action]:
+                   failed: Sequence[tuple[int, ErrorRecord]] = (),
+                   sources: Sequence[int] | None = None) -> list[Action]:
         """``failed``: input rows (by position in the first input) that failed while the rest of
-        the batch went on; ``rows`` are the outputs of the others."""
+        the batch went on; ``rows`` are the outputs of the others; ``sources``: for each output
+        row, the position of the input row it came from, where the step knows."""
         if self._over():
             return []
         st = self.states[step]
@@ -427,6 +434,8 @@ class Scheduler:
             st.last_error = st.last_error or ErrorRecord.from_message(
                 "synthpipe.errors.SynthpipeError", "rows that failed in an earlier run", step=step)
         failed_at = st.stored_failed_at.get(job.batch.seq, ()) if replayed else ()
+        if replayed:
+            sources = st.stored_sources.get(job.batch.seq)
         lost: list[Action] = []
         if failed:
             if st.spec.on_error == "fail" or st.spec.kind != "normal":
@@ -435,7 +444,8 @@ class Scheduler:
             failed_at = tuple(sorted(index for index, _ in failed))
             st.stats.rows_failed += len(failed)
             st.last_error = failed[-1][1]
-        persist = self._complete(st, job.batch, rows, ticket, failed_at=failed_at)
+        persist = self._complete(st, job.batch, rows, ticket, failed_at=failed_at,
+                                 sources=tuple(sources) if sources is not None else None)
         too_many = self._failure_guard(st)
         return [*lost, *persist, *(self._fail(too_many) if too_many is not None else self._advance())]
 
@@ -626,7 +636,8 @@ class Scheduler:
         return job
 
     def _complete(self, st: _StepState, batch: Batch, rows: list[Row], ticket: int | None,
-                  failed: bool = False, failed_at: tuple[int, ...] = ()) -> list[Action]:
+                  failed: bool = False, failed_at: tuple[int, ...] = (),
+                  sources: tuple[int, ...] | None = None) -> list[Action]:
         """A batch (or part of one) is through; a whole seq becomes releasable, and is stored
         first if it was computed in this run.
 
@@ -638,7 +649,7 @@ class Scheduler:
         if failed:
             failed_at = tuple(range(batch.size))
         keys_in = batch.keys[0] if batch.keys else []
-        keys = _output_keys(keys_in, len(rows), failed_at)
+        keys = _output_keys(keys_in, len(rows), failed_at, sources)
         inputs = batch.size
         if batch.part is not None:
             iso = st.isolating[batch.seq]
@@ -659,7 +670,7 @@ class Scheduler:
         if batch.replay:
             return []
         return [Persist(st.spec.name, batch.seq, rows, None if failed else ticket, failed=len(failed_at),
-                        inputs=inputs, failed_at=failed_at)]
+                        inputs=inputs, failed_at=failed_at, sources=sources if batch.part is None else None)]
 
     def _advance(self) -> list[Action]:
         """Move everything forward as far as it can go; return what to do."""
@@ -888,8 +899,11 @@ def _one_row(batch: Batch, index: int) -> Batch:
                    keys=[[batch.keys[0][index]]] if batch.keys else [], row_start=batch.row_start + index)
 
 
-def _output_keys(keys_in: list[int], rows_out: int, failed_at: tuple[int, ...]) -> list[int]:
+def _output_keys(keys_in: list[int], rows_out: int, failed_at: tuple[int, ...],
+                 sources: tuple[int, ...] | None = None) -> list[int]:
     """The keys of a batch's output (see *key* above)."""
+    if sources is not None and len(sources) == rows_out and all(0 <= i < len(keys_in) for i in sources):
+        return [keys_in[i] for i in sources]
     if not failed_at and rows_out == len(keys_in):
         return keys_in
     if failed_at:

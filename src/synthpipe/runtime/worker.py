@@ -9,6 +9,7 @@ coordinator decides when to stop) and dies with its parent.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ctypes
 import logging
 import os
@@ -29,6 +30,14 @@ _PR_SET_PDEATHSIG = 1
 
 
 _CONTEXT: dict[str, Any] = {}
+_ROW_START: contextvars.ContextVar[int | None] = contextvars.ContextVar("synthpipe_row_start", default=None)
+
+
+def current_row_start() -> int | None:
+    """In an async step's ``aprocess``: the number, in the step's input stream, of the batch's
+    first row (stable across resumed runs); None elsewhere."""
+    return _ROW_START.get()
+
 _CHANNEL: list[_Channel] = []
 
 
@@ -241,14 +250,15 @@ async def _run_batch(step: Any, step_name: str, replica: int, channel: _Channel,
     n = len(inputs[0]) if inputs else 0
     where = {"step": step_name, "replica": replica, "batch": seq,
              "rows": (row_start, row_start + n - 1) if n else None}
+    _ROW_START.set(row_start)  # this batch's task has a context of its own
     try:
-        rows, failures = await step.aprocess_applying_mappings(*inputs)
+        rows, failures, sources = await step.aprocess_applying_mappings(*inputs)
         failed = [
             (index, _record(error, step=step_name, replica=replica, batch=seq,
                             rows=(row_start + index, row_start + index)))
             for index, error in failures
         ]
-        data = m.encode((m.DONE, ticket, _pickle_rows(step_name, rows), False, failed))
+        data = m.encode((m.DONE, ticket, _pickle_rows(step_name, rows), False, failed, sources))
     except asyncio.CancelledError:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the user

@@ -51,10 +51,13 @@ class RowFailure(NamedTuple):
 
 
 class StepResult(NamedTuple):
-    """What ``aprocess`` returns: the output rows, and the input rows that failed."""
+    """What ``aprocess`` returns: the output rows, the input rows that failed, and (optional)
+    for each output row the position of the input row it came from (rows retried later are
+    put back in order by it)."""
 
     rows: list[dict[str, Any]]
     failures: list[RowFailure]
+    sources: Optional[list[int]] = None
 
 
 OnError = Literal["fail", "skip"]
@@ -284,10 +287,14 @@ class Step(_Step):
         for rows in inputs:
             self._rename_inputs(rows)
         result = await self.aprocess(*inputs)
-        rows, failures = result if isinstance(result, tuple) else (result, [])
-        rows = list(rows)
+        if not isinstance(result, tuple):
+            result = StepResult(list(result), [])
+        rows = list(result[0])
         self._restore_names(inputs, rows)
-        return StepResult(rows, list(failures))
+        sources = result[2] if len(result) > 2 else None
+        if sources is not None and len(sources) != len(rows):
+            sources = None  # not one per row: the engine falls back to its own rule
+        return StepResult(rows, list(result[1]), sources)
 
     def _restore_names(self, inputs: tuple[list[dict[str, Any]], ...], out: list[dict[str, Any]]) -> None:
         for rows in inputs:

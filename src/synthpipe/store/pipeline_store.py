@@ -45,6 +45,7 @@ class StoredBatch:
     inputs: int | None  # rows that went in (None in records of older versions)
     crc: int | None = None  # of the stored bytes: finds data overwritten after a power cut
     failed_at: tuple[int, ...] = ()  # positions of the failed rows among the inputs
+    sources: tuple[int, ...] | None = None  # per output row, the input it came from (where known)
 
 
 class PipelineStore:
@@ -139,6 +140,7 @@ class PipelineStore:
                         int(record["rows"]), bool(record.get("last", False)), int(record.get("failed", 0)),
                         str(record.get("run", "")), record.get("in"), record.get("crc"),
                         tuple(int(i) for i in record.get("fa", ())),
+                        tuple(int(i) for i in record["src"]) if "src" in record else None,
                     )
                 elif kind == "invalidate":
                     found.pop(key, None)
@@ -195,7 +197,8 @@ class PipelineStore:
         self._records = None
 
     def persist(self, step: str, signature: str, seq: int, data: bytes, rows: int, last: bool,
-                failed: int, run: str, inputs: int = 0, failed_at: tuple[int, ...] = ()) -> None:
+                failed: int, run: str, inputs: int = 0, failed_at: tuple[int, ...] = (),
+                sources: tuple[int, ...] | None = None) -> None:
         """Store a finished batch, then journal it: the record never points to missing data
         (and one whose bytes a power cut lost is found out by its size and ignored)."""
         key, offset, length = self.segments.append(step, signature, data)
@@ -205,6 +208,8 @@ class PipelineStore:
                   "failed": failed, "run": run}
         if failed_at and len(failed_at) < inputs:  # all failed needs no list
             record["fa"] = list(failed_at)
+        if sources is not None and list(sources) != [i for i in range(inputs) if i not in set(failed_at)]:
+            record["src"] = list(sources)  # only where rows do not simply follow their inputs
         self.journal.append(record)
 
     def mark_complete(self, pipeline_signature: str, run: str, leaves: dict[str, list[str]]) -> None:

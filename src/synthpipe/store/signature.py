@@ -19,18 +19,18 @@ NOT_IN_SIGNATURE = frozenset({
 })
 
 
-def _stable(value: Any) -> Any:
+def stable_form(value: Any) -> Any:
     """A JSON-able form of a field value that does not depend on object addresses."""
     if hasattr(value, "signature_fields"):  # a model: only what changes its output, never a key
         return {"__class__": f"{type(value).__module__}.{type(value).__qualname__}",
-                **{k: _stable(v) for k, v in value.signature_fields().items()}}
+                **{k: stable_form(v) for k, v in value.signature_fields().items()}}
     if hasattr(value, "model_dump"):
         return {"__class__": f"{type(value).__module__}.{type(value).__qualname__}",
-                **{k: _stable(v) for k, v in value.model_dump().items()}}
+                **{k: stable_form(v) for k, v in value.model_dump().items()}}
     if isinstance(value, dict):
-        return {str(k): _stable(v) for k, v in value.items()}
+        return {str(k): stable_form(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_stable(v) for v in value]
+        return [stable_form(v) for v in value]
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return f"{type(value).__module__}.{type(value).__qualname__}:{value!r}"
@@ -41,7 +41,7 @@ def _field_text(value: Any) -> str:
     try:
         return json.dumps(value, sort_keys=True, separators=(",", ":"))
     except (TypeError, ValueError):
-        return json.dumps(_stable(value), sort_keys=True, separators=(",", ":"), default=repr)
+        return json.dumps(stable_form(value), sort_keys=True, separators=(",", ":"), default=repr)
 
 
 def step_signature(step: Any, predecessor_signatures: list[str]) -> str:

@@ -13,11 +13,17 @@ from typing import Any, ClassVar, Optional
 
 from pydantic import Field
 
+from synthpipe.errors import SynthpipeError
 from synthpipe.models.base import LLM, ChatType, GenerateOutput, InvalidStructuredOutput
-from synthpipe.models.cache import generate_cached
+from synthpipe.models.cache import cache_for, generate_cached
+from synthpipe.runtime.worker import current_row_start
 from synthpipe.steps.base import OnError, RowFailure, Step, StepInput, StepResult, column_spec
 
 METADATA_COLUMN = "synthpipe_metadata"
+
+
+class IncompleteAnswer(SynthpipeError):
+    """The model answered without what was asked: fewer generations, or no text."""
 
 
 class Task(Step):
@@ -57,14 +63,17 @@ class Task(Step):
         return [*self.task_outputs, "model_name", METADATA_COLUMN]
 
     def load(self) -> None:
+        self.llm.share_limits(self.resources.replicas)  # the endpoint's limits hold for all replicas together
         self.llm.load()
+        cache_for(self.llm, read=self.use_cache)  # index the stored answers now, not on the first batch
 
     def unload(self) -> None:
         self.llm.unload()
 
     def batches_at_once(self) -> int:
         """Enough batches to keep the LLM's concurrency busy, and one more to overlap."""
-        rows_wanted = self.llm.concurrency() / max(1, self.num_generations)
+        per_replica = self.llm.concurrency() / self.resources.replicas
+        rows_wanted = per_replica / self.llm.requests_per_row(self.num_generations)
         return max(2, math.ceil(rows_wanted / self.input_batch_size) + 1)
 
     async def aprocess(self, inputs: StepInput) -> StepResult:  # type: ignore[override]
@@ -76,26 +85,34 @@ class Task(Step):
             except Exception as exc:
                 failures.append(RowFailure(index, exc))
         kwargs = dict(self.llm.generation_kwargs)
-        results = await generate_cached(self.llm, [chat for _, chat in chats], self.num_generations,
-                                        read=self.use_cache, **kwargs)
-        if len(results) != len(chats):
-            raise RuntimeError(f"{type(self.llm).__name__} returned {len(results)} outputs for {len(chats)} inputs")
+        start = current_row_start()
+
+        def accept(i: int, answer: GenerateOutput) -> list[dict[str, Any]]:
+            index, chat = chats[i]
+            return self._rows_for(inputs[index], chat, answer)
+
+        results = await generate_cached(
+            self.llm, [chat for _, chat in chats], self.num_generations, accept,
+            positions=[start + index for index, _ in chats] if start is not None else None,
+            read=self.use_cache, **kwargs)
         out_by_index: dict[int, list[dict[str, Any]]] = {}
-        for (index, chat), result in zip(chats, results, strict=True):
+        for (index, _), result in zip(chats, results, strict=True):
             if isinstance(result, BaseException):
                 failures.append(RowFailure(index, result))
-                continue
-            try:
-                out_by_index[index] = self._rows_for(inputs[index], chat, result)
-            except Exception as exc:
-                failures.append(RowFailure(index, exc))
-        rows = [row for index in sorted(out_by_index) for row in out_by_index[index]]
-        return StepResult(rows, sorted(failures, key=lambda f: f.index))
+            else:
+                out_by_index[index] = result
+        order = sorted(out_by_index)
+        rows = [row for index in order for row in out_by_index[index]]
+        sources = [index for index in order for _ in out_by_index[index]]
+        return StepResult(rows, sorted(failures, key=lambda f: f.index), sources)
 
     def _rows_for(self, row: dict[str, Any], chat: ChatType, result: GenerateOutput) -> list[dict[str, Any]]:
         generations = list(result.get("generations") or [])
         statistics = result.get("statistics") or {}
         structured = self.llm.structured_output
+        if len(generations) != self.num_generations:  # a server that ignores n, an empty answer
+            raise IncompleteAnswer(f"asked {self.llm.model_name} for {self.num_generations} generation(s), "
+                                   f"it returned {len(generations)}")
         formatted = []
         for i, text in enumerate(generations):
             if structured is not None:
@@ -103,6 +120,8 @@ class Task(Step):
                     structured.validate_text(text)
                 except InvalidStructuredOutput as exc:
                     raise InvalidStructuredOutput(f"{exc} (generation {i})", exc.raw_output) from None
+            elif text is None:  # a refusal, a content filter: never a silent None
+                raise IncompleteAnswer(f"{self.llm.model_name} returned no text (generation {i})")
             formatted.append(self.format_output(text, row))
         metadata_base = dict(row.get(METADATA_COLUMN) or {})
         if self.add_raw_input:
@@ -113,13 +132,15 @@ class Task(Step):
             meta = dict(metadata_base)
             if self.add_raw_output:
                 meta[f"raw_output_{self.name}"] = generations[part]
-            meta[f"statistics_{self.name}"] = {k: list(v)[part] for k, v in statistics.items()
-                                               if isinstance(v, (list, tuple)) and len(v) == len(generations)}
+            stats = {k: list(v)[part] for k, v in statistics.items()
+                     if isinstance(v, (list, tuple)) and len(v) == len(generations)}
+            if stats:  # a backend that counts no tokens adds nothing (Parquet has no empty struct)
+                meta[f"statistics_{self.name}"] = stats
             return meta
 
         if self.group_generations or self.num_generations == 1:
             if self.num_generations == 1 and not self.group_generations:
-                columns = formatted[0] if formatted else self.format_output(None, row)
+                columns = formatted[0]
                 return [{**row, **columns, "model_name": self.llm.model_name, METADATA_COLUMN: metadata(0)}]
             grouped = {key: [f.get(key) for f in formatted] for key in column_spec(self.task_outputs)}
             return [{**row, **grouped, "model_name": self.llm.model_name, METADATA_COLUMN: metadata(slice(None))}]
