@@ -285,7 +285,20 @@ class Embeddings(BaseModel):
         pass
 
     def signature_fields(self) -> dict[str, Any]:
-        return {n: getattr(self, n) for n in type(self).model_fields if n not in self.NOT_IN_SIGNATURE}
+        return {
+            name: getattr(self, name)
+            for name in type(self).model_fields
+            if name not in self.NOT_IN_SIGNATURE and not isinstance(getattr(self, name), SecretStr)
+        }
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()  # a loaded model stays behind: the copy loads its own
+        state["__pydantic_private__"] = dict.fromkeys(state.get("__pydantic_private__") or {})
+        return state
+
+    def __repr__(self) -> str:
+        shown = {k: _without_userinfo(v) for k, v in self.signature_fields().items()}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def encode(self, inputs: list[str]) -> list[list[float]]:
         raise NotImplementedError(f"{type(self).__name__} must define encode()")
