@@ -198,3 +198,17 @@ def test_rows_that_cannot_cross_the_process_boundary(kind, type_name):
     err = _run_failing(pipeline)
     assert "step 'odd' produced a value that cannot be sent to another process" in str(err)
     assert "column 'value' of output row 0" in str(err) and type_name in str(err)
+
+
+def test_a_script_without_a_main_guard_is_told_so(tmp_path):
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "from synthpipe.pipeline import Pipeline\n"
+        "from synthpipe.steps import LoadDataFromDicts\n"
+        f"with Pipeline(name='no-guard', cache_dir={str(tmp_path / 'cache')!r}) as p:\n"
+        "    LoadDataFromDicts(data=[{'a': 1}])\n"
+        "p.run()\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert 'put the call under `if __name__ == "__main__":`' in done.stderr

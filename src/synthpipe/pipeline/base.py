@@ -103,6 +103,7 @@ class Pipeline:
         try, through the step that failed them and every step after it, and puts what comes
         out back in its place in the result; nothing else is computed again.
         """
+        _refuse_inside_a_worker()
         from synthpipe.runner import run_pipeline
 
         return run_pipeline(
@@ -124,4 +125,17 @@ class Pipeline:
             parameters=parameters,
             dataset=dataset,
             dry_run_batch_size=batch_size,
+        )
+
+
+def _refuse_inside_a_worker() -> None:
+    """Workers import the user's script again (as any multiprocessing program does): a run
+    started at its top level would start in every worker. Say so plainly."""
+    import multiprocessing
+
+    if multiprocessing.current_process().name.startswith("synthpipe:"):
+        raise PipelineDefinitionError(
+            "pipeline.run() was called while a synthpipe worker imported your script: put the "
+            "call under `if __name__ == \"__main__\":` (workers import the script again, as in any "
+            "multiprocessing program)"
         )
