@@ -102,3 +102,27 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_the_remote_store(tm
 _DUMP = """
     print("ROWS", pipeline.run()["default"]["train"].to_list(), flush=True)
 """
+
+
+def test_an_unreachable_remote_is_reported_and_never_leaves_the_store_locked(tmp_path, monkeypatch):
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from synthpipe.errors import SynthpipeError
+
+    class Flaky(MemoryFileSystem):
+        protocol = "flaky"
+        down = True
+
+        def find(self, *args, **kwargs):
+            if Flaky.down:
+                raise ConnectionError("network unreachable")
+            return super().find(*args, **kwargs)
+
+    fsspec.register_implementation("flaky", Flaky, clobber=True)
+    monkeypatch.setenv("SYNTHPIPE_LOCAL_CACHE_DIR", str(tmp_path / "local"))
+    url = f"flaky://bucket-{os.getpid()}/synthpipe"
+    with pytest.raises(SynthpipeError, match=r"could not read the store at flaky://.*ConnectionError"):
+        _chain(tmp_path / "calls", url).run()
+    Flaky.down = False
+    assert _chain(tmp_path / "calls", url).run()["default"]["train"].num_rows == 60  # not "already running"

@@ -74,7 +74,7 @@ class PipelineStore:
     @property
     def location(self) -> str:
         """Where the store is kept, for messages."""
-        return self.mirror.url if self.mirror is not None else str(self.root)
+        return self.mirror.display_url if self.mirror is not None else str(self.root)
 
     # -- the run in progress --------------------------------------------------------------
 
@@ -97,7 +97,12 @@ class PipelineStore:
         fh.flush()
         self._lock = fh
         if self.mirror is not None:
-            self.mirror.pull()
+            try:
+                self.mirror.pull()
+            except Exception as exc:  # never leave the lock held for a network error
+                self._unlock()
+                raise SynthpipeError(f"could not read the store at {self.mirror.display_url}: "
+                                     f"{type(exc).__name__}: {exc}") from exc
             self._records = None
 
     def new_run(self) -> RunDirectory:
@@ -108,6 +113,9 @@ class PipelineStore:
         self.journal.close()
         if self.mirror is not None and self._lock is not None:
             self.mirror.push()
+        self._unlock()
+
+    def _unlock(self) -> None:
         if self._lock is not None:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
@@ -165,7 +173,8 @@ class PipelineStore:
             if record.get("t") == "complete" and record.get("sig") == pipeline_signature:
                 run_dir = self.root / "runs" / str(record.get("run"))
                 leaves = record.get("leaves") or {}
-                if all((run_dir / f).exists() for files in leaves.values() for f in files):
+                needed = [*(f for files in leaves.values() for f in files), "failed_rows.jsonl"]
+                if all((run_dir / f).exists() for f in needed):
                     return run_dir, leaves
                 return None
         return None

@@ -14,9 +14,11 @@ was written since the last push; a push that fails is reported and retried at th
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,10 @@ logger = logging.getLogger("synthpipe.store")
 
 PARTS = ".parts"
 WHOLE_FILES_UNDER = "runs"  # written whole (and rewritten): uploaded whole
-NOT_MIRRORED = {"lock"}
+STATE = ".mirror-state.json"  # this copy's own record: how far each file was in step with the remote
+NOT_MIRRORED = {"lock", STATE}
+JOURNAL = "journal.jsonl"  # pushed last: a record never reaches the remote before its data
+FINAL_PUSH_SECONDS = float(os.environ.get("SYNTHPIPE_MIRROR_TIMEOUT", "60"))
 
 
 def is_remote(location: str | os.PathLike[str]) -> bool:
@@ -48,6 +53,7 @@ class RemoteMirror:
         self._needs_folders = bool({"file", "local"} & set(protocols))  # object stores have none
         self.local = local_root
         self._uploaded: dict[str, int] = {}  # append-only file -> bytes already up
+        self._synced: dict[str, int] = self._load_state()  # ... as of the last pull or push
         self._whole: dict[str, tuple[int, int]] = {}  # whole file -> (size, mtime_ns) already up
         self._lock = threading.Lock()  # one push at a time
         self._thread: threading.Thread | None = None
@@ -73,14 +79,14 @@ class RemoteMirror:
                     parts.setdefault(name, []).append((int(offset), path, int(info.get("size") or 0)))
                 continue
             target = self.local / rel
-            size = int(info.get("size") or 0)
-            if not target.exists() or target.stat().st_size != size:
+            if not target.exists():  # one this copy has (a log that grew after its last push) stays
                 target.parent.mkdir(parents=True, exist_ok=True)
                 _write_atomically(target, self.fs.cat_file(path))
-                fetched += size
-            self._whole[rel] = _stamp(target)
+                fetched += int(info.get("size") or 0)
+                self._whole[rel] = _stamp(target)
         for rel, pieces in parts.items():
             fetched += self._pull_appended(rel, sorted(pieces))
+        self._save_state()
         return fetched
 
     def _pull_appended(self, rel: str, pieces: list[tuple[int, str, int]]) -> int:
@@ -94,7 +100,12 @@ class RemoteMirror:
                 break  # a gap (a part lost in a crash): what comes after it cannot be used
             expected = offset + size
         usable = [p for p in pieces if p[0] + p[2] <= expected]
-        if have > expected:  # this copy is ahead (it pushed less than it wrote): keep it
+        synced = self._synced.get(rel, 0)
+        if expected > synced and have > synced:
+            # The remote moved on since this copy was last in step (another machine ran), and
+            # this copy wrote bytes it never pushed: the remote wins, those bytes are dropped.
+            have = synced
+        elif have > expected:  # this copy is ahead (it pushed less than it wrote): keep it
             self._uploaded[rel] = expected
             return 0
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +121,7 @@ class RemoteMirror:
                 position = offset + size
                 total += size
         self._uploaded[rel] = expected
+        self._synced[rel] = expected
         return total
 
     # -- up -----------------------------------------------------------------------------
@@ -121,14 +133,21 @@ class RemoteMirror:
         self._thread = threading.Thread(target=self._push_logged, name="synthpipe-mirror", daemon=True)
         self._thread.start()
 
-    def push(self) -> None:
-        """Push everything now and wait for it (the end of a run)."""
+    def push(self, timeout: float = FINAL_PUSH_SECONDS) -> None:
+        """Push everything now (the end of a run), waiting ``timeout`` seconds at most: a stalled
+        network must not hold a finished or interrupted run. What stays behind is pushed by
+        the next run of the pipeline on this machine."""
+        deadline = time.monotonic() + timeout
         if self._thread is not None:
-            self._thread.join()
-        self._push_logged()
-        if self._failed:
-            logger.error("synthpipe: the store could not be copied to %s: %s; it is kept locally in %s",
-                         self.url, self._failed, self.local)
+            self._thread.join(timeout)
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._push_logged, name="synthpipe-mirror", daemon=True)
+            self._thread.start()
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive() or self._failed:
+            why = self._failed or f"still copying after {timeout:g}s"
+            logger.error("synthpipe: the store could not all be copied to %s (%s); the rest is kept in %s "
+                         "and goes up at the next run", _display(self.url), why, self.local)
 
     def _push_logged(self) -> None:
         try:
@@ -136,12 +155,13 @@ class RemoteMirror:
             self._failed = None
         except Exception as exc:  # the network: try again at the next push
             if self._failed is None:
-                logger.warning("synthpipe: copying the store to %s failed (%s); trying again", self.url, exc)
+                logger.warning("synthpipe: copying the store to %s failed (%s); trying again", _display(self.url), exc)
             self._failed = f"{type(exc).__name__}: {exc}"
 
     def _push(self) -> None:
         with self._lock:
-            for path in sorted(self.local.rglob("*")):
+            paths = sorted(self.local.rglob("*"), key=lambda p: (p.name == JOURNAL, str(p)))  # journal last
+            for path in paths:
                 if not path.is_file() or path.suffix == ".tmp":
                     continue
                 rel = path.relative_to(self.local).as_posix()
@@ -161,12 +181,27 @@ class RemoteMirror:
                     fh.seek(done)
                     data = fh.read(size - done)
                 self._put(f"{self.root}/{rel}{PARTS}/{done:016d}", data)
-                self._uploaded[rel] = done + len(data)
+                self._uploaded[rel] = self._synced[rel] = done + len(data)
+            self._save_state()
+
+    def _load_state(self) -> dict[str, int]:
+        try:
+            return {str(k): int(v) for k, v in json.loads((self.local / STATE).read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def _save_state(self) -> None:
+        if self.local.exists():
+            _write_atomically(self.local / STATE, json.dumps(self._synced).encode())
 
     def _put(self, path: str, data: bytes) -> None:
         if self._needs_folders:
             self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         self.fs.pipe_file(path, data)
+
+    @property
+    def display_url(self) -> str:
+        return _display(self.url)
 
     def _relative(self, path: str) -> str | None:
         path = path.rstrip("/")
@@ -174,6 +209,13 @@ class RemoteMirror:
         if not path.startswith(prefix):
             return None
         return path[len(prefix):]
+
+
+def _display(url: str) -> str:
+    """A URL fit for a log line: no user, password or query string."""
+    scheme, _, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host.rsplit('@', 1)[-1]}{slash}{path.split('?', 1)[0]}"
 
 
 def _stamp(path: Path) -> tuple[int, int]:
