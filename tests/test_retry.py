@@ -177,3 +177,22 @@ def test_an_interrupted_retry_resumes_without_redoing_finished_retried_batches(t
     redone = sum(1 for line in again if line.startswith("c:") and done[line])
     assert redone <= 12, redone
     assert all(not line.startswith(("gen:", "a:")) for line in _calls(calls) - before)
+
+
+def test_the_merge_goes_chunk_by_chunk_and_links_chunks_that_get_nothing(tmp_path):
+    bad = tmp_path / "bad"
+    bad.write_text("5 24001")
+    with Pipeline(name="chunks") as pipeline:
+        gen = CountingGenerator(name="gen", total=25_000, batch_size=1000)
+        flaky = FailListed(name="flaky", bad=str(bad), input_batch_size=500, on_error="skip", max_failure_rate=None)
+        gen >> flaky
+    first = pipeline.run()
+    assert len(first.failed_rows) == 1000
+    bad.write_text("")
+    retried = pipeline.run(retry_failed=True)
+    assert [r["n"] for r in retried["default"]["train"].to_list()] == list(range(25_000))
+    before = sorted((first.run_dir / "data" / "flaky").glob("*.parquet"))
+    after = sorted((retried.run_dir / "data" / "flaky").glob("*.parquet"))
+    assert len(before) == len(after) == 3  # chunks of 10,000 rows
+    assert os.stat(before[1]).st_ino == os.stat(after[1]).st_ino  # nothing went into it: linked
+    assert os.stat(before[0]).st_ino != os.stat(after[0]).st_ino
