@@ -196,3 +196,23 @@ def test_the_merge_goes_chunk_by_chunk_and_links_chunks_that_get_nothing(tmp_pat
     assert len(before) == len(after) == 3  # chunks of 10,000 rows
     assert os.stat(before[1]).st_ino == os.stat(after[1]).st_ino  # nothing went into it: linked
     assert os.stat(before[0]).st_ino != os.stat(after[0]).st_ino
+
+
+def test_a_retried_result_survives_a_change_to_a_later_step(tmp_path, reference):
+    calls, bad = tmp_path / "calls", tmp_path / "bad"
+    bad.write_text("5 22")
+    _chain(calls, bad).run()
+    bad.write_text("")
+    assert _rows(_chain(calls, bad).run(retry_failed=True)) == reference
+    bad.write_text("5 22")  # would fail again if it ran: it must not run
+    before = _calls(calls)
+    with Pipeline(name="retry") as changed:  # the last step changes: it and only it is recomputed
+        gen = CountingGenerator(name="gen", total=40, batch_size=10, calls=str(calls))
+        a = Counting(name="a", calls=str(calls), input_batch_size=5)
+        flaky = FailListed(name="flaky", bad=str(bad), calls=str(calls), input_batch_size=4, on_error="skip")
+        c = Counting(name="c", calls=str(calls), input_batch_size=3, tag="y")
+        gen >> a >> flaky >> c
+    result = changed.run()
+    assert result.failed_rows == []
+    assert [r["n"] for r in _rows(result)] == list(range(40)) and _rows(result)[5]["c"] == "y5"
+    assert {line.split(":")[0] for line in _calls(calls) - before} == {"c"}  # flaky's retried rows: from the store

@@ -32,10 +32,11 @@ if TYPE_CHECKING:
 
 
 class RetryRows(LoadDataFromDicts):
-    """The failed rows of one step, to run again. ``retry_of`` (the run whose result is being
-    retried) is part of the signature: a second retry of rows that failed again really runs."""
+    """The failed rows of one step, to run again. ``attempt`` (the how-manieth retry of that
+    step) is part of the signature: a second retry of rows that failed again really runs,
+    while the same pass done again (after a later step changed) is found in the store."""
 
-    retry_of: str = Field(default="")
+    attempt: int = Field(default=1, ge=1)
 
 
 def failing_steps(plan: Plan, failed: list[dict[str, Any]]) -> list[str]:
@@ -74,13 +75,13 @@ def _descendants(plan: Plan, name: str) -> set[str]:
     return seen
 
 
-def retry_plan(plan: Plan, step: str, pending: list[dict[str, Any]], retry_of: str) -> Plan:
+def retry_plan(plan: Plan, step: str, pending: list[dict[str, Any]], attempt: int) -> Plan:
     """The failed rows of ``step`` as a generator, then ``step`` and everything after it."""
     name = f"retry_{step}"
     while name in plan.dag.nodes:
         name = "_" + name
     first = plan.step(step)
-    rows = RetryRows(name=name, data=[row_of_entry(e) for e in pending], retry_of=retry_of,
+    rows = RetryRows(name=name, data=[row_of_entry(e) for e in pending], attempt=attempt,
                      batch_size=getattr(first, "input_batch_size", 50))
     dag = DAG()
     dag.add_node(name, rows)
@@ -105,27 +106,36 @@ def retry_failed_rows(
     level: int,
     execute: Any,
     say: Callable[[str], None],
+    passes: list[tuple[str, int]] | None = None,
 ) -> tuple[Path, dict[str, list[str]]]:
     """Retry every step's failed rows; record each merged result as the pipeline's result.
 
     ``execute(pipeline, plan, signatures, store, level, durable)`` runs a plan (the runner's).
-    Returns the run directory and leaf files of the final result.
+    ``passes``: (step, attempt) to do again, in order, instead of a new attempt per step
+    (``reapply``). Returns the run directory and leaf files of the final result.
     """
     pipeline_signature = combined_signature(signatures)
     current = store.completed_run(pipeline_signature)
     assert current is not None, "retry_failed needs a finished result"
     run_dir, leaves = current
     failed = read_failed_rows(run_dir / "failed_rows.jsonl")
-    steps = failing_steps(plan, failed)
-    if not steps:
-        say(f"synthpipe: retry_failed: no failed rows to retry in pipeline '{pipeline.name}'")
-        return current
-    for step in steps:
+    new_passes = passes is None
+    if passes is None:
+        steps = failing_steps(plan, failed)
+        if not steps:
+            say(f"synthpipe: retry_failed: no failed rows to retry in pipeline '{pipeline.name}'")
+            return current
+        done = store.retry_passes(signatures)
+        passes = [(step, 1 + sum(1 for s, _ in done if s == step)) for step in steps]
+    order = {name: i for i, name in enumerate(plan.order)}
+    for step, attempt in passes:
         pending = sorted((e for e in failed if e.get("step") == step), key=lambda e: (e["key"], e.get("row", 0)))
-        sub = retry_plan(plan, step, pending, retry_of=run_dir.name)
+        if not pending:
+            continue
+        sub = retry_plan(plan, step, pending, attempt)
         sub_signatures = plan_signatures(sub.order, sub.dag.nodes, {n: sub.dag.predecessors(n) for n in sub.order})
-        say(f"synthpipe: retry_failed: {len(pending)} failed row(s) of step '{step}' run again through "
-            + ", ".join(repr(n) for n in sub.order[1:]))
+        say(f"synthpipe: retry_failed: {len(pending)} failed row(s) of step '{step}' run again (attempt {attempt}) "
+            "through " + ", ".join(repr(n) for n in sub.order[1:]))
         if store.completed_run(combined_signature(sub_signatures)) is None:
             execute(pipeline, sub, sub_signatures, store, level, True)
         sub_run = store.completed_run(combined_signature(sub_signatures))
@@ -138,13 +148,25 @@ def retry_failed_rows(
             entry["retry_run"] = sub_dir.name
             again.append(entry)
         failed = [e for e in failed if e.get("step") != step] + again
-        order = {name: i for i, name in enumerate(plan.order)}
         failed.sort(key=lambda e: (order.get(e.get("step"), 0), e.get("key") or 0, e.get("row", 0)))
         run_dir, leaves = _merge(store, pipeline_signature, run_dir, leaves, sub_dir, sub_leaves, keys, failed)
+        if new_passes:
+            store.record_retry_pass(step, signatures[step], attempt)
         recovered = len(pending) - sum(1 for e in again if e.get("step") == step)
         say(f"synthpipe: retry_failed: step '{step}': {recovered} of {len(pending)} row(s) went through this "
             f"time; {len(again)} row(s) failed again in it or after it; result in {run_dir}")
     return run_dir, leaves
+
+
+def reapply(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], store: PipelineStore, level: int,
+            execute: Any, say: Callable[[str], None]) -> tuple[Path, dict[str, list[str]]] | None:
+    """After a run rebuilt the result (a later step changed), the retries done before for
+    steps that did not change are done again, from the store: their recovered rows stay."""
+    passes = store.retry_passes(signatures)
+    if not passes:
+        return None
+    say(f"synthpipe: re-applying {len(passes)} earlier retry pass(es): rows they recovered are kept")
+    return retry_failed_rows(pipeline, plan, signatures, store, level, execute, say, passes=passes)
 
 
 def _merge(store: PipelineStore, pipeline_signature: str, run_dir: Path, leaves: dict[str, list[str]],

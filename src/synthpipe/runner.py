@@ -16,7 +16,7 @@ from synthpipe.distiset import Distiset
 from synthpipe.errors import RunInterrupted
 from synthpipe.models.cache import RESPONSE
 from synthpipe.pipeline.plan import Plan, build_plan
-from synthpipe.retry import retry_failed_rows
+from synthpipe.retry import reapply, retry_failed_rows
 from synthpipe.runtime.local import ExecutorHooks, LocalExecutor
 from synthpipe.runtime.scheduler import Batch, Persist, Scheduler, StepSpec
 from synthpipe.runtime.signals import StopSignals
@@ -90,15 +90,20 @@ def run_pipeline(
             return _execute(pipeline, plan, signatures, store, level, durable=False)
         _invalidate(store, plan, signatures, use_cache)
         finished = store.completed_run(combined_signature(signatures))
-        if finished is None:
+        quiet = retry_failed
+        if finished is None:  # computed now; retries done before for unchanged steps are kept
             result = _execute(pipeline, plan, signatures, store, level, durable=True, read_responses=use_cache)
-            if not retry_failed or not result.failed_rows:
+            if result.failed_rows:
+                finished = reapply(pipeline, plan, signatures, store, level, _execute,
+                                   say=lambda text: _say(level, text))
+            if finished is None and not (retry_failed and result.failed_rows):
                 return result
+            quiet = True
         if retry_failed:
             finished = retry_failed_rows(pipeline, plan, signatures, store, level, _execute,
                                          say=lambda text: _say(level, text))
         assert finished is not None
-        return _finished_result(pipeline, plan, store, *finished, level, quiet=retry_failed)
+        return _finished_result(pipeline, plan, store, *finished, level, quiet=quiet)
     finally:
         store.close()
 

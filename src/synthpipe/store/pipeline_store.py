@@ -221,6 +221,23 @@ class PipelineStore:
             record["src"] = list(sources)  # only where rows do not simply follow their inputs
         self.journal.append(record)
 
+    def record_retry_pass(self, step: str, signature: str, attempt: int) -> None:
+        """A retry pass of ``step``'s failed rows was merged into the result."""
+        self.journal.append({"t": "retried", "step": step, "sig": signature, "attempt": attempt})
+        self._records = None
+
+    def retry_passes(self, signatures: dict[str, str]) -> list[tuple[str, int]]:
+        """The retry passes done for steps as they are now, in the order they were done."""
+        passes = []
+        for record in self.records():
+            if record.get("t") == "invalidate" and record.get("sig") == signatures.get(record.get("step", "")):
+                passes = [(s, a) for s, a in passes if s != record.get("step")]
+            elif record.get("t") == "retried" and signatures.get(record.get("step", "")) == record.get("sig"):
+                done = (str(record["step"]), int(record.get("attempt", 1)))
+                if done not in passes:
+                    passes.append(done)
+        return passes
+
     def mark_complete(self, pipeline_signature: str, run: str, leaves: dict[str, list[str]]) -> None:
         self.journal.append({"t": "complete", "sig": pipeline_signature, "run": run, "leaves": leaves})
         self._records = None
