@@ -25,7 +25,7 @@ from typing import Any
 logger = logging.getLogger("synthpipe.store")
 
 PARTS = ".parts"
-WHOLE_FILES_UNDER = "runs"  # written whole (and rewritten): uploaded whole
+WHOLE_FILES_UNDER = "runs"  # written whole (and rewritten): uploaded whole, but for the logs
 STATE = ".mirror-state.json"  # this copy's own record: how far each file was in step with the remote
 NOT_MIRRORED = {"lock", STATE}
 JOURNAL = "journal.jsonl"  # pushed last: a record never reaches the remote before its data
@@ -167,7 +167,7 @@ class RemoteMirror:
                 rel = path.relative_to(self.local).as_posix()
                 if rel in NOT_MIRRORED:
                     continue
-                if rel.split("/", 1)[0] == WHOLE_FILES_UNDER:
+                if rel.split("/", 1)[0] == WHOLE_FILES_UNDER and not rel.endswith(".log"):  # a log only grows
                     stamp = _stamp(path)
                     if self._whole.get(rel) != stamp:
                         self._put(f"{self.root}/{rel}", path.read_bytes())
