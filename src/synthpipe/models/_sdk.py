@@ -47,3 +47,21 @@ def redact(text: str, secret: Optional[str]) -> str:
     if secret and len(secret) >= 4:
         text = text.replace(secret, "***")
     return text
+
+
+class OneRequestPerGeneration:
+    """For APIs that answer one generation per request: ``num_generations`` requests go out
+    at once through the backend's ``_open()`` (client, limiter), ``request_params()`` and
+    ``_one()`` (one request: text, input tokens, output tokens)."""
+
+    def requests_per_row(self, num_generations: int) -> int:
+        return num_generations
+
+    async def agenerate(self, input: Any, num_generations: int = 1, **kwargs: Any) -> Any:
+        from synthpipe.models.base import generations_of_answers
+
+        client, semaphore = await self._open()  # type: ignore[attr-defined]
+        params = self.request_params(input, **kwargs)  # type: ignore[attr-defined]
+        answers = await gather_or_cancel([self._one(client, semaphore, params)  # type: ignore[attr-defined]
+                                          for _ in range(num_generations)])
+        return generations_of_answers(answers)

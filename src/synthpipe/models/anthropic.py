@@ -17,8 +17,8 @@ from typing import Any, ClassVar, Optional
 
 from pydantic import Field, PrivateAttr, SecretStr
 
-from synthpipe.models._sdk import close_at_loop_shutdown, env_secret, gather_or_cancel, redact
-from synthpipe.models.base import ChatType, GenerateOutput, RemoteLLM, generations_of_answers
+from synthpipe.models._sdk import OneRequestPerGeneration, close_at_loop_shutdown, env_secret, redact
+from synthpipe.models.base import ChatType, RemoteLLM
 from synthpipe.steps.base import RuntimeParameter
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -32,7 +32,7 @@ _TOOL_NAME = re.compile(r"[^a-zA-Z0-9_-]")
 
 
 
-class AnthropicLLM(RemoteLLM):
+class AnthropicLLM(OneRequestPerGeneration, RemoteLLM):
     """``model`` (``claude-...``) through the Messages API at ``base_url`` (default
     ``ANTHROPIC_BASE_URL``, else Anthropic's API).
 
@@ -147,15 +147,6 @@ class AnthropicLLM(RemoteLLM):
         if extra:  # sent as is: the SDK's signature does not name every Messages API field
             params["extra_body"] = extra
         return params
-
-    def requests_per_row(self, num_generations: int) -> int:
-        return num_generations  # one request per generation
-
-    async def agenerate(self, input: ChatType, num_generations: int = 1, **kwargs: Any) -> GenerateOutput:
-        client, semaphore = await self._open()
-        params = self.request_params(input, **kwargs)
-        answers = await gather_or_cancel([self._one(client, semaphore, params) for _ in range(num_generations)])
-        return generations_of_answers(answers)
 
     async def _one(self, client: Any, semaphore: asyncio.Semaphore, params: dict[str, Any]) -> tuple[
             Optional[str], int, int]:

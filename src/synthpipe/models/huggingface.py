@@ -17,8 +17,8 @@ from typing import Any, ClassVar, Optional
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from synthpipe.models._sdk import close_at_loop_shutdown, env_secret, gather_or_cancel, redact
-from synthpipe.models.base import AsyncLLM, ChatType, GenerateOutput, generations_of_answers
+from synthpipe.models._sdk import OneRequestPerGeneration, close_at_loop_shutdown, env_secret, redact
+from synthpipe.models.base import AsyncLLM, ChatType
 from synthpipe.steps.base import RuntimeParameter
 
 DEFAULT_MAX_TOKENS = 128
@@ -57,7 +57,7 @@ def _error_detail(body: str) -> str:
     return str(error) if isinstance(error, str) and error else body
 
 
-class InferenceEndpointsLLM(AsyncLLM):
+class InferenceEndpointsLLM(OneRequestPerGeneration, AsyncLLM):
     """A chat model served by Hugging Face, or by any server at ``base_url``.
 
     Exactly one of ``base_url`` (a TGI / vLLM / OpenAI-compatible server: requests go to
@@ -221,15 +221,6 @@ class InferenceEndpointsLLM(AsyncLLM):
         if extra:
             params["extra_body"] = extra
         return params
-
-    def requests_per_row(self, num_generations: int) -> int:
-        return num_generations  # one request per generation
-
-    async def agenerate(self, input: ChatType, num_generations: int = 1, **kwargs: Any) -> GenerateOutput:
-        client, semaphore = await self._open()
-        params = self.request_params(input, **kwargs)
-        answers = await gather_or_cancel([self._one(client, semaphore, params) for _ in range(num_generations)])
-        return generations_of_answers(answers)
 
     async def _one(self, client: Any, semaphore: asyncio.Semaphore, params: dict[str, Any]) -> tuple[
             Optional[str], int, int]:
