@@ -303,3 +303,17 @@ def test_retried_rows_of_a_task_with_several_generations_land_in_order(server):
     assert len(pipeline.run().failed_rows) == 2
     retried = pipeline.run(retry_failed=True)
     assert [r["instruction"] for r in _rows(retried)] == [p for p in prompts for _ in range(2)]
+
+
+def test_text_generation_renders_templates_over_columns(server):
+    task = TextGeneration(name="t", llm=_llm(server), template="Q: {{ question }} ({{ level }})",
+                          columns=["question", "level"], system_prompt="Be brief.")
+    assert task.format_input({"question": "why?", "level": 2}) == [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q: why? (2)"}]
+    assert task.format_input({"question": "x", "level": 1, "system_prompt": "Row's own."})[0]["content"] == "Row's own."
+    plain = TextGeneration(name="p", llm=_llm(server))
+    assert plain.format_input({"instruction": 42}) == [{"role": "user", "content": "42"}]
+    with pytest.raises(ValueError, match="column 'level' is empty"):
+        task.format_input({"question": "x", "level": None})
+    with pytest.raises(ValueError, match="template does not compile"):
+        TextGeneration(name="bad", llm=_llm(server), template="{{ oops")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any, Optional, Union
 
@@ -11,12 +12,21 @@ from pydantic import field_validator
 from synthpipe.models.base import ChatType
 from synthpipe.steps.tasks.base import Task
 
+_ONE_VARIABLE = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
 
 @lru_cache(maxsize=64)
 def _compiled(template: str) -> Any:
+    """A callable rendering the template; a template that is one variable (the default) is
+    that value as text, without Jinja2's per-row cost."""
+    one = _ONE_VARIABLE.fullmatch(template)
+    if one is not None:
+        name = one.group(1)
+        return lambda values: str(values[name])
     import jinja2
 
-    return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True).from_string(template)
+    compiled = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True).from_string(template)
+    return lambda values: compiled.render(**values)
 
 
 class TextGeneration(Task):
@@ -67,7 +77,7 @@ class TextGeneration(Task):
         system = system or self.system_prompt
         if system:
             messages.append({"role": "system", "content": system})
-        messages.append({"role": "user", "content": _compiled(self.template).render(**values)})
+        messages.append({"role": "user", "content": _compiled(self.template)(values)})
         return messages
 
     def format_output(self, output: str | None, row: dict[str, Any]) -> dict[str, Any]:
