@@ -50,9 +50,26 @@ def redact(text: str, secret: Optional[str]) -> str:
 
 
 class OneRequestPerGeneration:
-    """For APIs that answer one generation per request: ``num_generations`` requests go out
-    at once through the backend's ``_open()`` (client, limiter), ``request_params()`` and
-    ``_one()`` (one request: text, input tokens, output tokens)."""
+    """For SDK clients that answer one generation per request: ``num_generations`` requests go
+    out at once. The backend gives ``_new_client()``, ``request_params()`` and ``_one()`` (one
+    request: text, input tokens, output tokens), and private ``_client``, ``_semaphore``,
+    ``_loop`` and ``_closer`` attributes."""
+
+    async def _open(self) -> tuple[Any, asyncio.Semaphore]:
+        """The client and the limiter of the running loop, made on first use in that loop;
+        the client closes with that loop."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop and self._client is not None and self._semaphore is not None:  # type: ignore
+            return self._client, self._semaphore  # type: ignore[attr-defined]
+        client = self._new_client()  # type: ignore[attr-defined]
+        closer = close_at_loop_shutdown(client)
+        await closer.__anext__()
+        semaphore = asyncio.Semaphore(self.concurrency())  # type: ignore[attr-defined]
+        self._client, self._semaphore, self._loop, self._closer = client, semaphore, loop, closer  # type: ignore
+        return client, semaphore
+
+    def unload(self) -> None:
+        self._client = self._semaphore = self._loop = self._closer = None  # type: ignore[attr-defined]
 
     def requests_per_row(self, num_generations: int) -> int:
         return num_generations

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Optional
 
 from pydantic import Field, PrivateAttr, SecretStr
 
-from synthpipe.models._sdk import OneRequestPerGeneration, close_at_loop_shutdown, env_secret, redact
+from synthpipe.models._sdk import OneRequestPerGeneration, env_secret, redact
 from synthpipe.models.base import ChatType, RemoteLLM
 from synthpipe.steps.base import RuntimeParameter
 
@@ -81,31 +81,17 @@ class AnthropicLLM(OneRequestPerGeneration, RemoteLLM):
                 "AnthropicLLM needs the `anthropic` package: pip install 'synthpipe[anthropic]'") from exc
         self._sdk = anthropic
 
-    def unload(self) -> None:
-        # the client closes with the loop that opened it (see _close_at_loop_shutdown)
-        self._client = self._semaphore = self._loop = self._closer = None
-
-
-    async def _open(self) -> tuple[Any, asyncio.Semaphore]:
-        """The client and the limiter of the running loop, made on first use in that loop."""
-        loop = asyncio.get_running_loop()
-        if self._loop is loop and self._client is not None and self._semaphore is not None:
-            return self._client, self._semaphore
+    def _new_client(self) -> Any:
         if self._sdk is None:
             self.load()
         key = self.api_key.get_secret_value() if self.api_key is not None else None
-        client = self._sdk.AsyncAnthropic(
+        return self._sdk.AsyncAnthropic(
             api_key=key,
             base_url=self.base_url or None,
             timeout=self.timeout or 600.0,
             max_retries=self.max_retries or 0,
             default_headers=self.default_headers,
         )
-        closer = close_at_loop_shutdown(client)
-        await closer.__anext__()
-        self._client, self._semaphore, self._loop, self._closer = client, asyncio.Semaphore(self.concurrency()), \
-            loop, closer
-        return client, self._semaphore
 
     # -- requests -----------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Optional
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from synthpipe.models._sdk import OneRequestPerGeneration, close_at_loop_shutdown, env_secret, redact
+from synthpipe.models._sdk import OneRequestPerGeneration, env_secret, redact
 from synthpipe.models.base import AsyncLLM, ChatType
 from synthpipe.steps.base import RuntimeParameter
 
@@ -160,16 +160,7 @@ class InferenceEndpointsLLM(OneRequestPerGeneration, AsyncLLM):
         else:
             self._url = None  # the Inference Providers router, by model_id
 
-    def unload(self) -> None:
-        # the client closes with the loop that opened it (see _close_at_loop_shutdown)
-        self._client = self._semaphore = self._loop = self._closer = None
-
-
-    async def _open(self) -> tuple[Any, asyncio.Semaphore]:
-        """The client and the limiter of the running loop, made on first use in that loop."""
-        loop = asyncio.get_running_loop()
-        if self._loop is loop and self._client is not None and self._semaphore is not None:
-            return self._client, self._semaphore
+    def _new_client(self) -> Any:
         if self._url is None and (self.base_url or self.endpoint_name):
             self.load()
         from huggingface_hub import AsyncInferenceClient
@@ -179,11 +170,7 @@ class InferenceEndpointsLLM(OneRequestPerGeneration, AsyncLLM):
                                       headers=self.default_headers)
         if self._url is not None:
             self._own_connections(client)
-        closer = close_at_loop_shutdown(client)
-        await closer.__anext__()
-        self._client, self._semaphore, self._loop, self._closer = client, asyncio.Semaphore(self.concurrency()), \
-            loop, closer
-        return client, self._semaphore
+        return client
 
     def _own_connections(self, client: Any) -> None:
         """A server at a URL gets an HTTP client of its own, with a connection per request in
