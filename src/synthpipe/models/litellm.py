@@ -82,7 +82,6 @@ class LiteLLM(RemoteLLM):
     def unload(self) -> None:
         self._semaphore = self._loop = None
 
-
     def _open(self) -> asyncio.Semaphore:
         """The limiter of the running loop, made on first use in that loop."""
         loop = asyncio.get_running_loop()

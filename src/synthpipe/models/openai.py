@@ -55,7 +55,6 @@ class OpenAILLM(RemoteLLM):
 
 
 
-
     def share_limits(self, parts: int) -> None:
         super().share_limits(parts)
         if parts > 1:

@@ -30,6 +30,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 _CONTEXT: dict[str, Any] = {}
+_CHANNEL: list[_Channel] = []
 _ROW_START: contextvars.ContextVar[int | None] = contextvars.ContextVar("synthpipe_row_start", default=None)
 
 
@@ -37,8 +38,6 @@ def current_row_start() -> int | None:
     """In an async step's ``aprocess``: the number, in the step's input stream, of the batch's
     first row (stable across resumed runs); None elsewhere."""
     return _ROW_START.get()
-
-_CHANNEL: list[_Channel] = []
 
 
 def context() -> dict[str, Any]:

@@ -41,7 +41,6 @@ GeneratorStepOutput = Iterator[tuple[list[dict[str, Any]], bool]]
 """A generator step yields ``(rows, is_last_batch)``."""
 
 
-
 class RowFailure(NamedTuple):
     """One input row that failed while the rest of its batch went on (an LLM request that
     still failed after its retries): ``index`` is its position in the batch's first input."""

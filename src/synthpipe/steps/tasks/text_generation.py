@@ -64,7 +64,6 @@ class TextGeneration(Task):
     def task_outputs(self) -> list[str]:
         return ["generation"]
 
-
     def format_input(self, row: dict[str, Any]) -> ChatType:
         values = {}
         for column in self.column_list:
