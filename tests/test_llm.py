@@ -317,3 +317,15 @@ def test_text_generation_renders_templates_over_columns(server):
         task.format_input({"question": "x", "level": None})
     with pytest.raises(ValueError, match="template does not compile"):
         TextGeneration(name="bad", llm=_llm(server), template="{{ oops")
+
+
+def test_a_url_with_credentials_and_an_api_key_is_refused_before_any_request(server):
+    from synthpipe.errors import StepFailed
+
+    url = server.base_url.replace("http://", "http://me:hunter2@")
+    with Pipeline(name="creds") as pipeline:
+        LoadDataFromDicts(data=[{"instruction": "x"}]) >> TextGeneration(
+            name="gen", llm=OpenAILLM(model="m", base_url=url, api_key="sk-also"))
+    with pytest.raises(StepFailed, match="carries a user and password, and an API key is given too") as info:
+        pipeline.run()
+    assert "hunter2" not in str(info.value) and server.total_requests == 0

@@ -2530,3 +2530,24 @@ def test_a_step_can_hold_more_batches_per_worker_than_the_default():
     sched, dispatches = started(specs, rows=40)
     assert len(dispatches) == 6 and {d.replica for d in dispatches} == {0}
     sched.check_invariants()
+
+
+def test_sources_of_isolated_parts_are_put_together_for_the_stored_batch():
+    """A step that says where its rows came from (an LLM task with two generations per row),
+    isolated after crashes: the stored batch keeps the sources of its parts, shifted."""
+    specs = [gen("gen", ("a",), batch_size=4), step("a", ("gen",), batch_size=4, on_error="skip", max_restarts=0)]
+    sched, (d0,) = started(specs, rows=4, worker_capacity=1)
+    crash = ErrorRecord.from_message("synthpipe.errors.WorkerDied", "segfault", step="a")
+    acts = sched.worker_died("a", 0, crash)  # max_restarts=0: split at once
+    acts += sched.worker_ready("a", 0)
+    (p0,) = [a for a in acts if isinstance(a, Dispatch)]
+    assert p0.batch.part == (0, 2)
+    two_each = [dict(r) for r in p0.batch.inputs[0] for _ in range(2)]
+    acts = sched.batch_done("a", 0, p0.ticket, two_each, sources=[0, 0, 1, 1])
+    (p1,) = [a for a in acts if isinstance(a, Dispatch)]
+    assert p1.batch.part == (2, 4)
+    acts = sched.batch_done("a", 0, p1.ticket, [dict(p1.batch.inputs[0][1])] * 2, sources=[1, 1])
+    (persist,) = [a for a in acts if isinstance(a, Persist)]
+    assert persist.sources == (0, 0, 1, 1, 3, 3)
+    (emit,) = [a for a in acts if isinstance(a, Emit)]
+    assert emit.keys == [0, 0, 1, 1, 3, 3]

@@ -262,6 +262,9 @@ class OpenAICompatibleClient:
         netloc = urlsplit(self.base_url).netloc
         if "@" in netloc:
             self._add_secret(netloc.rsplit("@", 1)[0])
+            if api_key:  # aiohttp would refuse every request; say so once, now
+                raise ValueError(f"base_url {self._display_url} carries a user and password, and an API key is "
+                                 "given too: give one of them")
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._closer: AsyncGenerator[None, None] | None = None

@@ -254,6 +254,7 @@ class _Isolation:
     size: int
     outputs: dict[int, list[Row]] = field(default_factory=dict)  # part start -> rows
     keys: dict[int, list[int]] = field(default_factory=dict)  # part start -> keys of its rows
+    sources: dict[int, tuple[int, ...] | None] = field(default_factory=dict)  # part start -> its sources
     failed_at: list[int] = field(default_factory=list)
 
 
@@ -655,6 +656,7 @@ class Scheduler:
             iso = st.isolating[batch.seq]
             iso.outputs[batch.part[0]] = rows
             iso.keys[batch.part[0]] = keys
+            iso.sources[batch.part[0]] = sources if sources is not None else (() if not rows else None)
             iso.failed_at.extend(batch.part[0] + i for i in failed_at)
             iso.pending -= 1
             if iso.pending:
@@ -662,6 +664,9 @@ class Scheduler:
             del st.isolating[batch.seq]
             rows = [row for start in sorted(iso.outputs) for row in iso.outputs[start]]
             keys = [key for start in sorted(iso.keys) for key in iso.keys[start]]
+            known = all(part is not None for part in iso.sources.values())
+            sources = tuple(start + i for start in sorted(iso.sources) for i in iso.sources[start] or ()) \
+                if known else None
             failed_at, ticket, inputs = tuple(sorted(iso.failed_at)), None, iso.size
         origin = 0 if st.spec.kind == "global" else int(batch.min_origin) if batch.size else 0
         st.completed[batch.seq] = _Output(rows, [origin] * len(rows), batch.min_origin, fresh=not batch.replay,
@@ -670,7 +675,7 @@ class Scheduler:
         if batch.replay:
             return []
         return [Persist(st.spec.name, batch.seq, rows, None if failed else ticket, failed=len(failed_at),
-                        inputs=inputs, failed_at=failed_at, sources=sources if batch.part is None else None)]
+                        inputs=inputs, failed_at=failed_at, sources=sources)]
 
     def _advance(self) -> list[Action]:
         """Move everything forward as far as it can go; return what to do."""
