@@ -89,3 +89,31 @@ def server(_llm_test_server):
                                retry_after_style="seconds")
     _llm_test_server.reset()
     return _llm_test_server
+
+
+# -- tiny models, built once per test session (random weights, no hub) ----------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny_models")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_dir) -> Path:
+    """A random Llama with its tokenizer and chat template, for transformers."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from synthpipe.testing.tiny_models import build_tiny_llama
+
+    return build_tiny_llama(tiny_dir / "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_dir) -> Path:
+    """The same model as a GGUF file, for llama.cpp."""
+    pytest.importorskip("gguf")
+    pytest.importorskip("tokenizers")
+    from synthpipe.testing.tiny_models import build_tiny_gguf
+
+    return build_tiny_gguf(tiny_dir / "tiny-llama.gguf")

@@ -19,7 +19,7 @@ from synthpipe.pipeline import Pipeline
 from synthpipe.steps import LoadDataFromDicts
 from synthpipe.steps.embeddings import EmbeddingGeneration
 from synthpipe.steps.tasks import TextGeneration
-from synthpipe.testing.tiny_models import build_tiny_gguf, build_tiny_llama, minilm_path
+from synthpipe.testing.tiny_models import minilm_path
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("no_leftover_workers")]
 
@@ -37,22 +37,14 @@ PROMPTS = ["Tell me a story.", "What is the capital of France?", "Write a haiku.
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("local_models")
+def llama_dir(tiny_llama_dir) -> Path:
+    return tiny_llama_dir
 
 
 @pytest.fixture(scope="module")
-def llama_dir(tiny_dir) -> Path:
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    return build_tiny_llama(tiny_dir / "llama")
-
-
-@pytest.fixture(scope="module")
-def gguf(tiny_dir) -> Path:
-    pytest.importorskip("gguf")
+def gguf(tiny_gguf) -> Path:
     pytest.importorskip("llama_cpp")
-    return build_tiny_gguf(tiny_dir / "tiny.gguf")
+    return tiny_gguf
 
 
 def _generate(llm, name: str, prompts=PROMPTS, **task) -> object:

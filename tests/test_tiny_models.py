@@ -16,11 +16,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from synthpipe.testing.tiny_models import HIDDEN, build_tiny_gguf, build_tiny_llama, minilm_path
+from synthpipe.testing.tiny_models import HIDDEN, minilm_path
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -78,18 +77,6 @@ def offline_hf():
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("tiny_models")
-
-
-@pytest.fixture(scope="session")
-def tiny_llama_dir(offline_hf, tiny_dir) -> Path:
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    return build_tiny_llama(tiny_dir / "llama")
-
-
-@pytest.fixture(scope="session")
 def hf_llama(tiny_llama_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -97,13 +84,6 @@ def hf_llama(tiny_llama_dir):
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir))
     model.eval()
     return tokenizer, model
-
-
-@pytest.fixture(scope="session")
-def tiny_gguf(tiny_dir) -> Path:
-    pytest.importorskip("gguf")
-    pytest.importorskip("tokenizers")
-    return build_tiny_gguf(tiny_dir / "tiny-llama.gguf")
 
 
 @pytest.fixture(scope="session")
