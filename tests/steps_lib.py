@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from synthpipe.steps import GeneratorStep, GlobalStep, RuntimeParameter, Step, StepInput, step
+from synthpipe.steps.base import StepResult
 
 
 @step(inputs=["instruction"], outputs=["length"])
@@ -508,4 +510,65 @@ class FailListed(Step):
 def AddBytes(inputs: StepInput):
     for row in inputs:
         row["blob"] = row["instruction"].encode() + b"\x00\xff"
+    yield inputs
+
+
+class Shout(Step):
+    """Stands in for a model step: ``delay`` seconds of work per batch, and (like many model
+    steps) pyarrow and pandas loaded."""
+
+    delay: RuntimeParameter[float] = 0.0
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["id", "instruction"]
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["generation"]
+
+    def load(self) -> None:
+        super().load()
+        import pandas  # noqa: F401
+        import pyarrow  # noqa: F401
+
+    def process(self, inputs: StepInput):
+        time.sleep(self.delay)
+        for row in inputs:
+            assert type(row["id"]) is int and type(row["instruction"]) is str, row
+            row["generation"] = row["instruction"].upper() * 3
+        yield inputs
+
+
+class AsyncShout(Shout):
+    """``Shout`` as an async step, several batches at once, like an LLM task."""
+
+    is_async: ClassVar[bool] = True
+
+    def batches_at_once(self) -> int:
+        return 3
+
+    async def aprocess(self, inputs: StepInput):
+        await asyncio.sleep(self.delay)
+        for row in inputs:
+            assert type(row["id"]) is int and type(row["instruction"]) is str, row
+            row["generation"] = row["instruction"].upper() * 3
+        return StepResult(inputs, [])
+
+
+@step(inputs=["id", "generation"], outputs=["pair", "pair_tag"])
+def Pair(inputs: StepInput, tag: RuntimeParameter[str] = "x"):
+    """Adds a tuple, a value Arrow cannot hold exactly (it would come back a list)."""
+    for row in inputs:
+        assert type(row["id"]) is int and type(row["generation"]) is str, row
+        row["pair"] = (row["id"], len(row["generation"]))
+        row["pair_tag"] = tag
+    yield inputs
+
+
+@step(inputs=["pair"], outputs=["check_tag"])
+def CheckPair(inputs: StepInput, tag: RuntimeParameter[str] = "x"):
+    for row in inputs:
+        assert type(row["pair"]) is tuple, row
+        row["check_tag"] = tag
     yield inputs

@@ -20,6 +20,8 @@ from synthpipe.retry import reapply, retry_failed_rows
 from synthpipe.runtime.local import ExecutorHooks, LocalExecutor
 from synthpipe.runtime.scheduler import Batch, Persist, Scheduler, StepSpec
 from synthpipe.runtime.signals import StopSignals
+from synthpipe.runtime.worker import STORE_BATCHES
+from synthpipe.store import batch_format
 from synthpipe.store.failed_rows import FailedRowsLedger, read_failed_rows, write_failed_rows
 from synthpipe.store.leaf_writer import LeafWriter
 from synthpipe.store.pipeline_store import SYNC_EVERY_SECONDS, PipelineStore
@@ -183,9 +185,10 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
                    error.location(), "" if not first else " (further ones only in the log file)",
                    error.headline())
 
-    def persist(action: Persist, data: bytes) -> None:
+    def persist(action: Persist, data: bytes | None) -> None:
         if durable:
-            store.persist(action.step, signatures[action.step], action.seq, data, len(action.rows), action.last,
+            store.persist(action.step, signatures[action.step], action.seq, data or batch_format.encode(action.rows),
+                          len(action.rows), action.last,
                           action.failed, run_id, action.inputs, action.failed_at, action.sources)
 
     def replay(step: str, seq: int) -> tuple[list[dict[str, Any]], bool]:
@@ -210,7 +213,8 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
         on_record=lambda kind, payload: responses.append(*payload) if kind == RESPONSE and durable else None,
     )
     signals = StopSignals()
-    context = {"responses": str(store.responses_folder), "read_responses": read_responses} if durable else {}
+    context = ({"responses": str(store.responses_folder), "read_responses": read_responses, STORE_BATCHES: True}
+               if durable else {})
     executor = LocalExecutor({n: plan.step(n) for n in plan.order}, scheduler, hooks, signals=signals,
                              log_level=level, stop_grace_seconds=pipeline.stop_grace_seconds,
                              worker_context=context)

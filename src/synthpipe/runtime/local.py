@@ -137,7 +137,9 @@ class ExecutorHooks:
 
     on_emit: Callable[[str, int, list[dict[str, Any]], list[int]], None]
     on_rows_failed: Callable[[Batch, ErrorRecord], None]
-    on_persist: Callable[[Persist, bytes], None] = lambda action, data: None
+    on_persist: Callable[[Persist, bytes | None], None] = lambda action, data: None
+    """``data``: the bytes the worker sent to be stored, or None for rows the coordinator put
+    together itself (the parts of a batch split to isolate a crash)."""
     on_replay: Callable[[str, int], tuple[list[dict[str, Any]], bool]] = lambda step, seq: ([], False)
     on_tick: Callable[[], None] = lambda: None
     on_record: Callable[[str, Any], None] = lambda kind, payload: None
@@ -432,12 +434,10 @@ class LocalExecutor:
         ticket = message[1]
         self._job_finished(worker, ticket)
         if kind == m.DONE:
-            data = message[2]
-            self._received[ticket] = data
+            data, last, failed, sources, stored = message[2:7]
+            self._received[ticket] = stored or data
             try:
-                failed = message[4] if len(message) > 4 else ()
-                sources = message[5] if len(message) > 5 else None
-                actions = sched.batch_done(worker.step, worker.replica, ticket, pickle.loads(data), message[3],
+                actions = sched.batch_done(worker.step, worker.replica, ticket, pickle.loads(data), last,
                                            failed=failed, sources=sources)
                 return self._apply(actions)
             finally:
@@ -469,7 +469,7 @@ class LocalExecutor:
                     todo.extend(self.scheduler.batch_done(action.step, REPLAY, action.ticket, rows, last))
             elif isinstance(action, Persist):
                 data = self._received.get(action.ticket) if action.ticket is not None else None
-                self.hooks.on_persist(action, data if data is not None else pickle.dumps(action.rows, protocol=5))
+                self.hooks.on_persist(action, data)
             elif isinstance(action, Dispatch):
                 b = action.batch
                 message = (m.BATCH, action.ticket, b.seq, b.row_start, b.inputs)

@@ -3,12 +3,13 @@
 coordinator -> worker:  ("batch", ticket, seq, row_start, inputs) | ("generate", ticket, seq, offset)
                         | ("stop",)
 worker -> coordinator:  ("ready",) | ("load_failed", record)
-                        | ("done", ticket, pickled_rows, last[, failed[, sources]]) | ("failed", ticket, record)
+                        | ("done", ticket, pickled_rows, last, failed, sources, stored) | ("failed", ticket, record)
                         | ("log", levelno, logger_name, text) | ("record", kind, payload)
 
 ``record``: something for the coordinator to keep (an LLM's answer for the response cache).
 ``failed``: [(index, record)], input rows that failed while the rest of the batch went on;
-``sources``: for each output row, the position of the input row it came from (or None).
+``sources``: for each output row, the position of the input row it came from (or None);
+``stored``: the rows as the store keeps them (columnar), or None to store the pickled rows.
 A ticket names one dispatch; a batch sent again (a retry, a part of it) gets a new one.
 Output rows travel pickled on their own, so the coordinator can store those very bytes.
 """

@@ -18,19 +18,24 @@ import queue
 import signal
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection
 from typing import Any
 
 import synthpipe
 from synthpipe.errors import ErrorRecord, UnpicklableOutput, trim_internal_frames
 from synthpipe.runtime import messages as m
+from synthpipe.store.batch_format import ColumnarBudget
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(synthpipe.__file__)) + os.sep
 _PR_SET_PDEATHSIG = 1
 
 
 _CONTEXT: dict[str, Any] = {}
+STORE_BATCHES = "store_batches"
+"""Set in the run context when the coordinator stores every finished batch."""
 _CHANNEL: list[_Channel] = []
+_COLUMNAR = ColumnarBudget()
 _ROW_START: contextvars.ContextVar[int | None] = contextvars.ContextVar("synthpipe_row_start", default=None)
 
 
@@ -130,6 +135,18 @@ def _pickle_rows(step_name: str, rows: list[dict[str, Any]]) -> bytes:
         ) from None
 
 
+def _done(step_name: str, ticket: int, rows: list[dict[str, Any]], last: bool, started: float,
+          failed: list[tuple[int, ErrorRecord]] | tuple[()] = (), sources: list[int | None] | None = None) -> bytes:
+    """The DONE message for ``rows`` (made from ``started``, a ``perf_counter`` time). Where the
+    run stores its batches and the step's work makes it worth it, the columnar form to store
+    is made here, in parallel with the other workers, rather than by the coordinator."""
+    data = _pickle_rows(step_name, rows)
+    stored = None
+    if _CONTEXT.get(STORE_BATCHES):
+        stored = _COLUMNAR.encode(rows, time.perf_counter() - started, len(data))
+    return m.encode((m.DONE, ticket, data, last, failed, sources, stored))
+
+
 def _record(exc: BaseException, **where: Any) -> ErrorRecord:
     return ErrorRecord.from_exception(trim_internal_frames(exc, _PACKAGE_DIR), **where)
 
@@ -198,12 +215,13 @@ def _serve(step: Any, step_name: str, replica: int, channel: _Channel, inbox: qu
             return
         kind, ticket, seq = message[0], message[1], message[2]
         if kind == m.GENERATE:
+            started = time.perf_counter()
             try:
                 if generator is None:  # resuming: start after the rows already stored
                     generator = step.generate_applying_mappings(offset=message[3])
                 rows, last = ([], True) if exhausted else next(generator, ([], True))
                 exhausted = exhausted or last
-                data = m.encode((m.DONE, ticket, _pickle_rows(step_name, rows), last))
+                data = _done(step_name, ticket, rows, last, started)
             except BaseException as exc:  # noqa: BLE001
                 record = _record(exc, step=step_name, replica=replica, batch=seq, phase="generate")
                 data = m.encode((m.FAILED, ticket, record))
@@ -213,9 +231,10 @@ def _serve(step: Any, step_name: str, replica: int, channel: _Channel, inbox: qu
         n = len(inputs[0]) if inputs else 0
         where = {"step": step_name, "replica": replica, "batch": seq,
                  "rows": (row_start, row_start + n - 1) if n else None}
+        started = time.perf_counter()
         try:
             rows = step.process_applying_mappings(*inputs)
-            data = m.encode((m.DONE, ticket, _pickle_rows(step_name, rows), False))
+            data = _done(step_name, ticket, rows, False, started)
         except BaseException as exc:  # noqa: BLE001
             data = m.encode((m.FAILED, ticket, _record(exc, **where)))
         channel.send(data)
@@ -250,6 +269,7 @@ async def _run_batch(step: Any, step_name: str, replica: int, channel: _Channel,
     where = {"step": step_name, "replica": replica, "batch": seq,
              "rows": (row_start, row_start + n - 1) if n else None}
     _ROW_START.set(row_start)  # this batch's task has a context of its own
+    started = time.perf_counter()
     try:
         rows, failures, sources = await step.aprocess_applying_mappings(*inputs)
         failed = [
@@ -257,7 +277,7 @@ async def _run_batch(step: Any, step_name: str, replica: int, channel: _Channel,
                             rows=(row_start + index, row_start + index)))
             for index, error in failures
         ]
-        data = m.encode((m.DONE, ticket, _pickle_rows(step_name, rows), False, failed, sources))
+        data = _done(step_name, ticket, rows, False, started, failed, sources)
     except asyncio.CancelledError:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the user

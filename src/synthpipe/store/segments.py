@@ -1,17 +1,18 @@
 """Segment files: one append-only file per step signature holding its finished batches.
 
-A batch is stored as the exact pickled rows the worker sent, so replaying it gives back
-the very same Python values (no None filled in for missing keys, no int turned float)
-and storing it costs one write. Readable datasets are the leaf steps' Parquet files.
+Each batch is one record, as ``batch_format`` made it (an Arrow IPC stream, or the pickled
+rows where Arrow would change a value), at the offset the journal names. Appending costs one
+write and nothing is rewritten at the end. Readable datasets are the leaf steps' Parquet files.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import zlib
 from pathlib import Path
 from typing import Any
+
+from synthpipe.store.batch_format import decode
 
 
 class Segments:
@@ -52,7 +53,7 @@ class Segments:
             raise OSError(f"{key}: expected {length} bytes at {offset}, found {len(data)}")
         if crc is not None and zlib.crc32(data) != crc:
             raise OSError(f"{key}: the bytes at {offset} are not the ones stored there (checksum)")
-        return pickle.loads(data)
+        return decode(data)
 
     def size(self, key: str) -> int:
         """Bytes in a segment file as the disk has it (0 if it is gone)."""
