@@ -14,10 +14,12 @@ a 10-row run. Each configuration runs ``--repeat`` times and the best time is ke
 engine run is checked (row count, order, sample values) so a broken run cannot pass for a
 fast one.
 
-Durability ("cache on vs off"): every finished batch is stored (``PipelineStore.persist``
-appends it to a segment file and a record to the journal). For each configuration the same
+Durability ("cache on vs off"): every finished batch is stored (each worker makes the Arrow
+form of its batch, then ``PipelineStore.persist`` appends it to a segment file and a record to
+the journal). For each configuration the same
 run is also timed with persisting disabled, by replacing ``PipelineStore.persist`` with a
-no-op in this process (the coordinator is the only writer). The two kinds of run are
+no-op in this process (the coordinator is the only writer) and not asking the workers for the
+Arrow form. The two kinds of run are
 interleaved (on, off, on, off, ...), the best of each is kept, and the overhead
 (on - off) / off is compared with the target (under 10 %). Every run gets a new, empty cache
 dir, since a run over a finished store would return the stored result instead of running.
@@ -137,11 +139,16 @@ def verify(distiset: Any, expected: list[dict[str, Any]]) -> None:
 
 @contextlib.contextmanager
 def persist_disabled() -> Iterator[list[int]]:
-    """Cache off: ``PipelineStore.persist`` does nothing (no segment write, no journal record) until exit.
+    """Cache off: ``PipelineStore.persist`` does nothing (no segment write, no journal record) until exit,
+    and the workers are not asked for the columnar form of their batches (the flag in their run
+    context goes by another name).
 
     Yields a one-item list counting the skipped calls, so a run can show it really went through here.
     The coordinator is the only writer, so patching this process is enough.
     """
+    from synthpipe import runner  # not at the top: workers import this module, and need not import that
+    from synthpipe.runtime import worker
+
     store_class = pipeline_store.PipelineStore
     original = store_class.__dict__["persist"]
     skipped = [0]
@@ -150,10 +157,12 @@ def persist_disabled() -> Iterator[list[int]]:
         skipped[0] += 1
 
     store_class.persist = persist  # type: ignore[method-assign]
+    runner.STORE_BATCHES = "benchmark: batches are not stored"
     try:
         yield skipped
     finally:
         store_class.persist = original  # type: ignore[method-assign]
+        runner.STORE_BATCHES = worker.STORE_BATCHES
 
 
 def journal_counts(cache_dir: str | Path) -> dict[str, int]:
