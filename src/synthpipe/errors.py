@@ -21,6 +21,16 @@ class PipelineDefinitionError(SynthpipeError, ValueError):
     """A pipeline was built wrongly (raised at once, while it is being defined)."""
 
 
+RUN_IN_WORKER_EXIT_CODE = 87
+"""A worker exits with this when ``pipeline.run()`` is called in it: the coordinator then says why."""
+
+RUN_IN_WORKER_MESSAGE = (
+    "pipeline.run() was called in a synthpipe worker process: put the call under "
+    "`if __name__ == \"__main__\":` (workers import your script again, as in any multiprocessing "
+    "program, and a run at its top level would start in every worker)"
+)
+
+
 class PipelineValidationError(SynthpipeError, ValueError):
     """A pipeline cannot run; lists every problem found, before any worker starts."""
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextvars
+import os
+import sys
 from typing import TYPE_CHECKING, Any
 
-from synthpipe.errors import PipelineDefinitionError
+from synthpipe.errors import RUN_IN_WORKER_EXIT_CODE, RUN_IN_WORKER_MESSAGE, PipelineDefinitionError
 from synthpipe.pipeline.dag import DAG
 
 if TYPE_CHECKING:
@@ -130,12 +132,11 @@ class Pipeline:
 
 def _refuse_inside_a_worker() -> None:
     """Workers import the user's script again (as any multiprocessing program does): a run
-    started at its top level would start in every worker. Say so plainly."""
+    started at its top level would start in every worker. The worker is usually still importing
+    the script, before it can send the coordinator anything, so it says why by its exit code
+    (and on stderr), and the coordinator reports that instead of a bare "exit code 1"."""
     import multiprocessing
 
     if multiprocessing.current_process().name.startswith("synthpipe:"):
-        raise PipelineDefinitionError(
-            "pipeline.run() was called while a synthpipe worker imported your script: put the "
-            "call under `if __name__ == \"__main__\":` (workers import the script again, as in any "
-            "multiprocessing program)"
-        )
+        print(f"synthpipe: {RUN_IN_WORKER_MESSAGE}", file=sys.stderr, flush=True)
+        os._exit(RUN_IN_WORKER_EXIT_CODE)  # not SystemExit: inside a step, that would be the batch's error

@@ -28,7 +28,10 @@ from typing import Any
 import cloudpickle
 
 from synthpipe.errors import (
+    RUN_IN_WORKER_EXIT_CODE,
+    RUN_IN_WORKER_MESSAGE,
     ErrorRecord,
+    PipelineDefinitionError,
     RunInterrupted,
     StepFailed,
     StepTimeout,
@@ -398,6 +401,8 @@ class LocalExecutor:
                 limit = self.steps[worker.step].load_timeout
                 died: SynthpipeError = StepTimeout(
                     f"{who}: load() ran longer than the step's load_timeout of {limit:g}s; the worker was killed")
+            elif worker.process.exitcode == RUN_IN_WORKER_EXIT_CODE:
+                died = PipelineDefinitionError(RUN_IN_WORKER_MESSAGE)
             else:
                 died = WorkerDied(f"{who} died ({how}) while loading")
             record = ErrorRecord.from_diagnosis(died, step=worker.step, replica=worker.replica, phase="load")
@@ -411,7 +416,9 @@ class LocalExecutor:
                 "the worker was killed")
         else:
             error = WorkerDied(f"{who} died ({how})" + (f" while processing {doing}" if batch else
-                                                      f" while {doing}" if doing else " while idle"))
+                                                      f" while {doing}" if doing else " while idle")
+                               + (f": {RUN_IN_WORKER_MESSAGE}" if worker.process.exitcode == RUN_IN_WORKER_EXIT_CODE
+                                  else ""))
         record = ErrorRecord.from_diagnosis(error, step=worker.step, replica=worker.replica, **where)
         # the overrunning job may have finished just as the worker was killed: then nobody is to blame
         blame = not worker.timed_out or worker.timed_out_ticket in worker.outstanding
