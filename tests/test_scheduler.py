@@ -2551,3 +2551,28 @@ def test_sources_of_isolated_parts_are_put_together_for_the_stored_batch():
     assert persist.sources == (0, 0, 1, 1, 3, 3)
     (emit,) = [a for a in acts if isinstance(a, Emit)]
     assert emit.keys == [0, 0, 1, 1, 3, 3]
+
+
+def test_an_isolated_batch_of_a_filtering_step_replays_with_the_keys_it_got_live():
+    """A step that drops rows (no sources), isolated after crashes: each part's rows take the
+    key of that part's first row; the stored batch says so, so a replay gives the same keys."""
+    specs = [gen("gen", ("a",), batch_size=4), step("a", ("gen",), batch_size=4, on_error="skip", max_restarts=0)]
+    sched, (d0,) = started(specs, rows=4, worker_capacity=1)
+    crash = ErrorRecord.from_message("synthpipe.errors.WorkerDied", "segfault", step="a")
+    acts = sched.worker_died("a", 0, crash) + sched.worker_ready("a", 0)
+    (p0,) = [a for a in acts if isinstance(a, Dispatch)]
+    acts = sched.batch_done("a", 0, p0.ticket, [dict(p0.batch.inputs[0][1])])  # kept 1 of rows 0-1
+    (p1,) = [a for a in acts if isinstance(a, Dispatch)]
+    acts = sched.batch_done("a", 0, p1.ticket, [dict(p1.batch.inputs[0][1])])  # kept 1 of rows 2-3
+    (persist,) = [a for a in acts if isinstance(a, Persist)]
+    (emit,) = [a for a in acts if isinstance(a, Emit)]
+    assert emit.keys == [0, 2]  # each part's first row
+
+    replayed = Scheduler(specs, stored={"gen": {0: 4}, "a": {0: 2}}, stored_inputs={"a": {0: 4}},
+                         stored_sources={"a": {0: persist.sources}})
+    (r,) = replayed.start()
+    acts = replayed.batch_done("gen", REPLAY, r.ticket, rows_of(4), True)
+    (ra,) = [a for a in acts if isinstance(a, Replay)]
+    acts = replayed.batch_done("a", REPLAY, ra.ticket, persist.rows)
+    (emit_again,) = [a for a in acts if isinstance(a, Emit)]
+    assert emit_again.keys == emit.keys

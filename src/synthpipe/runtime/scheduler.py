@@ -254,7 +254,7 @@ class _Isolation:
     size: int
     outputs: dict[int, list[Row]] = field(default_factory=dict)  # part start -> rows
     keys: dict[int, list[int]] = field(default_factory=dict)  # part start -> keys of its rows
-    sources: dict[int, tuple[int, ...] | None] = field(default_factory=dict)  # part start -> its sources
+    sources: dict[int, tuple[int, ...]] = field(default_factory=dict)  # part start -> its rows' inputs
     failed_at: list[int] = field(default_factory=list)
 
 
@@ -656,7 +656,8 @@ class Scheduler:
             iso = st.isolating[batch.seq]
             iso.outputs[batch.part[0]] = rows
             iso.keys[batch.part[0]] = keys
-            iso.sources[batch.part[0]] = sources if sources is not None else (() if not rows else None)
+            # explicit, so that a replay of the stored batch gives each row the key it got here
+            iso.sources[batch.part[0]] = _output_sources(batch.size, len(rows), failed_at, sources)
             iso.failed_at.extend(batch.part[0] + i for i in failed_at)
             iso.pending -= 1
             if iso.pending:
@@ -664,9 +665,7 @@ class Scheduler:
             del st.isolating[batch.seq]
             rows = [row for start in sorted(iso.outputs) for row in iso.outputs[start]]
             keys = [key for start in sorted(iso.keys) for key in iso.keys[start]]
-            known = all(part is not None for part in iso.sources.values())
-            sources = tuple(start + i for start in sorted(iso.sources) for i in iso.sources[start] or ()) \
-                if known else None
+            sources = tuple(start + i for start in sorted(iso.sources) for i in iso.sources[start])
             failed_at, ticket, inputs = tuple(sorted(iso.failed_at)), None, iso.size
         origin = 0 if st.spec.kind == "global" else int(batch.min_origin) if batch.size else 0
         st.completed[batch.seq] = _Output(rows, [origin] * len(rows), batch.min_origin, fresh=not batch.replay,
@@ -904,19 +903,29 @@ def _one_row(batch: Batch, index: int) -> Batch:
                    keys=[[batch.keys[0][index]]] if batch.keys else [], row_start=batch.row_start + index)
 
 
+def _output_sources(inputs: int, rows_out: int, failed_at: tuple[int, ...],
+                    sources: Sequence[int] | None = None) -> tuple[int, ...]:
+    """For each output row of a batch, the position of the input whose key it takes."""
+    if sources is not None and len(sources) == rows_out and all(0 <= i < inputs for i in sources):
+        return tuple(sources)
+    if not failed_at and rows_out == inputs:
+        return tuple(range(inputs))
+    if failed_at:
+        failed = set(failed_at)
+        kept = tuple(i for i in range(inputs) if i not in failed)
+        if len(kept) == rows_out:
+            return kept
+    return (0,) * rows_out
+
+
 def _output_keys(keys_in: list[int], rows_out: int, failed_at: tuple[int, ...],
                  sources: tuple[int, ...] | None = None) -> list[int]:
     """The keys of a batch's output (see *key* above)."""
-    if sources is not None and len(sources) == rows_out and all(0 <= i < len(keys_in) for i in sources):
-        return [keys_in[i] for i in sources]
-    if not failed_at and rows_out == len(keys_in):
-        return keys_in
-    if failed_at:
-        failed = set(failed_at)
-        kept = [key for i, key in enumerate(keys_in) if i not in failed]
-        if len(kept) == rows_out:
-            return kept
-    return [keys_in[0] if keys_in else 0] * rows_out
+    if sources is None and not failed_at and rows_out == len(keys_in):
+        return keys_in  # the common case, without a copy
+    if not keys_in:
+        return [0] * rows_out
+    return [keys_in[i] for i in _output_sources(len(keys_in), rows_out, failed_at, sources)]
 
 
 def _feeders_of_joins(specs: dict[str, StepSpec]) -> set[str]:
