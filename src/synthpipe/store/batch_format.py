@@ -22,7 +22,6 @@ from __future__ import annotations
 import itertools
 import pickle
 import sys
-import threading
 import time
 from typing import Any
 
@@ -36,6 +35,9 @@ a byte, nothing beside an LLM call; smaller batches would pay more in time than 
 WORK_PER_ENCODING = 20
 """The step's own time must be this many times what the Arrow forms cost (at most 5 % more)."""
 
+FIRST_ENCODING_SECONDS = 0.3
+"""What the first Arrow form costs in a process without pyarrow and pandas: importing them."""
+
 _NONE = type(None)
 
 
@@ -45,71 +47,53 @@ class ColumnarBudget:
     The step's time earns credit (1/``WORK_PER_ENCODING`` of it); an Arrow form is made only
     when the credit covers its expected cost, and what it really cost is then spent. Over the
     worker's life the Arrow forms so cost at most that share of the step's time: an LLM step
-    stores every batch columnar, a quick step none.
-
-    The first time the credit would pay for one, pyarrow and pandas (which its conversions
-    import) are imported on a thread of their own, so that an event loop serving LLM requests
-    does not stall for the 0.3 s that takes; batches stay pickled until then, and the time the
-    import took is spent from the credit too.
+    stores its batches columnar, a quick step none. The first one also pays for importing
+    pyarrow and pandas where the step has not (done then and there: an import on a thread of
+    its own could leave a step that forks with a child stuck on the import locks).
     """
 
     def __init__(self) -> None:
         self.credit = 0.0
-        self._ready = threading.Event()
-        self._importing = False
-        self._import_seconds = 0.0
+        self._last = float("-inf")  # when credit was last earned
 
     def encode(self, rows: list[dict[str, Any]], work_seconds: float, pickled_bytes: int) -> bytes | None:
         """The Arrow form of ``rows`` (which took ``work_seconds`` to make), or None: not worth
-        it (yet), or not exact."""
-        self.credit += work_seconds / WORK_PER_ENCODING
-        if self.credit < 40e-6 + 4e-9 * pickled_bytes or not self._arrow_ready():  # measured, with compression
+        it (yet), or not exact.
+
+        Only the time since credit was last earned counts: batches of an async step overlap,
+        and time spent on several at once is still the worker's time once."""
+        now = time.perf_counter()
+        self.credit += min(work_seconds, now - self._last) / WORK_PER_ENCODING
+        self._last = now
+        expected = 40e-6 + 4e-9 * pickled_bytes  # measured, compression included
+        if "pandas" not in sys.modules or "pyarrow" not in sys.modules:
+            expected += FIRST_ENCODING_SECONDS
+        if self.credit < expected:
             return None
-        started = time.perf_counter()
         try:
             return encode_columnar(rows)
         finally:
-            self.credit -= time.perf_counter() - started
-
-    def _arrow_ready(self) -> bool:
-        if self._ready.is_set():
-            self.credit -= self._import_seconds
-            self._import_seconds = 0.0
-            return True
-        if not self._importing:
-            self._importing = True
-            if "pandas" in sys.modules and "pyarrow" in sys.modules:  # the step loaded them: at once
-                self._import_arrow()
-                return self._arrow_ready()
-            threading.Thread(target=self._import_arrow, name="synthpipe-arrow", daemon=True).start()
-        return False
-
-    def _import_arrow(self) -> None:
-        started = time.perf_counter()
-        try:
-            import pandas  # noqa: F401
-            import pyarrow
-
-            pyarrow.array([0])  # the first conversion sets up pyarrow's pandas support
-        except Exception:  # no Arrow form, then: every batch stays pickled
-            return
-        self._import_seconds = time.perf_counter() - started
-        self._ready.set()
+            done = time.perf_counter()
+            self.credit -= done - now
+            self._last = done  # the encoding is not the step's work
 
 
 def encode_columnar(rows: list[dict[str, Any]]) -> bytes | None:
     """``rows`` as an Arrow IPC stream, or None where Arrow would not give them back exactly."""
-    if not rows:
-        return None
+    if not rows or set(map(type, rows)) != {dict}:
+        return None  # a dict subclass (OrderedDict) would come back a dict
     names = tuple(rows[0])
-    if not names or any(tuple(row) != names for row in rows) or set(map(type, names)) != {str}:
+    if not names or any(tuple(row) != names for row in rows) or not _plain_keys(rows):
         return None  # Arrow would add the missing keys (as None), reorder them, or make them str
+    seen = set(map(id, rows))
+    if len(seen) != len(rows):
+        return None  # one row object twice: a replay would give two
     import pyarrow as pa
 
     try:
         columns = [[row[name] for row in rows] for name in names]
         arrays = [pa.array(values) for values in columns]
-        if not all(_exact(array.type, values) for array, values in zip(arrays, columns, strict=True)):
+        if not all(_exact(array.type, values, seen) for array, values in zip(arrays, columns, strict=True)):
             return None
         batch = pa.RecordBatch.from_arrays(arrays, names=list(names))
         large = batch.nbytes >= COMPRESS_FROM_BYTES
@@ -140,12 +124,19 @@ def is_columnar(data: bytes) -> bool:
     return data[:4] == ARROW_PREFIX
 
 
-def _exact(arrow_type: Any, values: list[Any]) -> bool:
+def _plain_keys(dicts: list[dict[Any, Any]]) -> bool:
+    """Every key a plain str (a str subclass compares equal, but would come back a str)."""
+    return set(map(type, itertools.chain.from_iterable(dicts))) <= {str}
+
+
+def _exact(arrow_type: Any, values: list[Any], seen: set[int]) -> bool:
     """Whether ``values``, which Arrow converted to ``arrow_type``, come back unchanged.
 
     Arrow's inference coerces where Python would not: ints among floats become floats, tuples
     and numpy arrays become lists, str and float subclasses lose their class, dicts with other
-    keys gain the missing ones. Each Arrow type accepts exactly one Python type here.
+    keys gain the missing ones. Each Arrow type accepts exactly one Python type here. ``seen``
+    holds the ids of the batch's lists and dicts so far: one shared by two places (which a
+    step could change in both at once) would come back as two copies.
     """
     import pyarrow.types as t
 
@@ -155,15 +146,24 @@ def _exact(arrow_type: Any, values: list[Any]) -> bool:
                                  (t.is_boolean, bool), (t.is_binary, bytes)):
         if is_kind(arrow_type):
             return set(map(type, values)) <= {python_type, _NONE}
+    present = [v for v in values if v is not None]
     if t.is_list(arrow_type):
-        if not set(map(type, values)) <= {list, _NONE}:
+        if set(map(type, present)) - {list} or not _unshared(present, seen):
             return False
-        items = list(itertools.chain.from_iterable(v for v in values if v is not None))
-        return _exact(arrow_type.value_type, items)
+        return _exact(arrow_type.value_type, list(itertools.chain.from_iterable(present)), seen)
     if t.is_struct(arrow_type):
-        present = [v for v in values if v is not None]
         names = tuple(field.name for field in arrow_type)
-        if set(map(type, present)) - {dict} or set(map(tuple, present)) - {names}:
+        if (set(map(type, present)) - {dict} or set(map(tuple, present)) - {names} or not _plain_keys(present)
+                or not _unshared(present, seen)):
             return False
-        return all(_exact(arrow_type.field(i).type, [v[name] for v in present]) for i, name in enumerate(names))
+        return all(_exact(arrow_type.field(i).type, [v[name] for v in present], seen)
+                   for i, name in enumerate(names))
     return False  # dates, decimals and the rest: kept pickled rather than checked one by one
+
+
+def _unshared(containers: list[Any], seen: set[int]) -> bool:
+    ids = set(map(id, containers))
+    if len(ids) != len(containers) or not ids.isdisjoint(seen):
+        return False
+    seen |= ids
+    return True
