@@ -66,13 +66,16 @@ if __name__ == "__main__":
 """
 
 
+LEASE = 8.0  # seconds a killed run's claim on the remote store holds, in these tests
+
+
 def test_a_run_killed_on_one_machine_resumes_on_another_from_the_remote_store(tmp_path):
     remote = tmp_path / "bucket"
     url = f"file://{remote}"
     calls = tmp_path / "calls"
     program = PROGRAM.format(tests=str(TESTS_DIR), calls=str(calls), url=url)
     env = {**os.environ, "PYTHONPATH": python_path(TESTS_DIR), "SYNTHPIPE_PROGRESS": "0",
-           "SYNTHPIPE_LOCAL_CACHE_DIR": str(tmp_path / "machine1")}
+           "SYNTHPIPE_LOCAL_CACHE_DIR": str(tmp_path / "machine1"), "SYNTHPIPE_LEASE_SECONDS": str(LEASE)}
     proc = subprocess.Popen([sys.executable, "-c", program], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 60
@@ -83,8 +86,14 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_the_remote_store(tm
             break
         time.sleep(0.05)
     out, err = proc.communicate(timeout=60)
+    killed_at = time.monotonic()
     assert "RUN FINISHED" not in out, "the run finished before it was killed; adjust the timing"
     env["SYNTHPIPE_LOCAL_CACHE_DIR"] = str(tmp_path / "machine2")
+    # at once: the killed run's claim is still fresh, and it could as well be running
+    refused = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "is in use by a run on" in refused.stderr, refused.stderr
+    assert time.monotonic() - killed_at < LEASE, "too slow to see the claim; raise LEASE"
+    time.sleep(max(0.0, LEASE - (time.monotonic() - killed_at)))  # once it lapses, the other machine goes on
     done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=120)
     assert "RUN FINISHED" in done.stdout, done.stderr
     assert "finished by earlier runs are reused" in done.stderr, done.stderr  # it resumed from the mirror
@@ -126,3 +135,55 @@ def test_an_unreachable_remote_is_reported_and_never_leaves_the_store_locked(tmp
         _chain(tmp_path / "calls", url).run()
     Flaky.down = False
     assert _chain(tmp_path / "calls", url).run()["default"]["train"].num_rows == 60  # not "already running"
+
+
+# -- one machine at a time -------------------------------------------------------------------
+
+
+def _store(tmp_path: Path, machine: str, url: str, monkeypatch):
+    from synthpipe.store.pipeline_store import PipelineStore
+
+    monkeypatch.setenv("SYNTHPIPE_LOCAL_CACHE_DIR", str(tmp_path / machine))
+    return PipelineStore.for_pipeline(url, "claimed", "abc123")
+
+
+def test_a_store_claimed_by_a_run_on_another_machine_is_refused_until_that_run_ends(tmp_path, monkeypatch):
+    from synthpipe.store.remote import StoreInUse
+
+    url = f"memory://claims-{os.getpid()}/a"
+    first = _store(tmp_path, "machine1", url, monkeypatch)
+    first.lock()
+    second = _store(tmp_path, "machine2", url, monkeypatch)
+    with pytest.raises(StoreInUse, match=rf"in use by a run on .* \(pid {os.getpid()}\).* renewed its claim"):
+        second.lock()
+    with pytest.raises(StoreInUse):  # and the refused run did not keep its own local lock
+        second.lock()
+    first.close()  # everything is up: the claim is given back
+    second.lock()
+    second.close()
+
+
+def test_a_lapsed_claim_or_one_left_by_a_killed_run_of_this_copy_is_taken_over(tmp_path, monkeypatch, caplog):
+    import json
+
+    import fsspec
+
+    url = f"memory://claims-{os.getpid()}/b"
+    fs = fsspec.filesystem("memory")
+    lease = f"/claims-{os.getpid()}/b/claimed-abc123/lease.json"
+    fs.pipe_file(lease, json.dumps({"host": "other-vm", "pid": 7, "copy": "/x", "run": "r1",
+                                    "renewed": time.time() - 3600}).encode())
+    store = _store(tmp_path, "machine1", url, monkeypatch)
+    store.lock()  # not heard from for an hour: a killed run
+    assert "taking over the store" in caplog.text and "other-vm" in caplog.text
+    store.close()
+    # a claim renewed a moment ago, by a run of this same copy on this machine (killed: its lock is free)
+    import socket
+
+    fs.pipe_file(lease, json.dumps({"host": socket.gethostname(), "pid": 7, "copy": str(store.root),
+                                    "run": "r2", "renewed": time.time()}).encode())
+    store = _store(tmp_path, "machine1", url, monkeypatch)
+    store.lock()
+    assert json.loads(fs.cat_file(lease))["pid"] == os.getpid()  # renewed as this run's
+    store.close()
+    assert not fs.exists(lease)

@@ -23,7 +23,7 @@ from typing import Any
 from synthpipe.errors import SynthpipeError
 from synthpipe.store.failed_rows import read_failed_rows
 from synthpipe.store.journal import Journal
-from synthpipe.store.remote import RemoteMirror, is_remote, local_copy_root
+from synthpipe.store.remote import RemoteMirror, StoreInUse, is_remote, local_copy_root
 from synthpipe.store.run_dir import RunDirectory, cache_location, default_cache_root
 from synthpipe.store.segments import Segments
 
@@ -97,8 +97,12 @@ class PipelineStore:
         fh.flush()
         self._lock = fh
         if self.mirror is not None:
-            try:
+            try:  # first claim the remote store (no other machine is writing it), then read it
+                self.mirror.claim()
                 self.mirror.pull()
+            except StoreInUse:
+                self._unlock()
+                raise
             except Exception as exc:  # never leave the lock held for a network error
                 self._unlock()
                 raise SynthpipeError(f"could not read the store at {self.mirror.display_url}: "

@@ -9,6 +9,12 @@ when they change. A run on another machine starts by pulling what is not already
 Pushes run on a thread of their own every couple of seconds (the coordinator never waits on
 the network) and once more, waited for, when the run ends. A killed run loses at most what
 was written since the last push; a push that fails is reported and retried at the next one.
+
+Two machines running one pipeline on one store would each drop the other's work, and the
+lock file only guards one machine. So a run also claims the remote store: ``lease.json``
+names its host and process and is renewed with every push; a run on another machine that
+finds a claim renewed within ``LEASE_SECONDS`` refuses to start. A killed run's claim lapses
+after that long, and at once for the next run on the same machine and copy.
 """
 
 from __future__ import annotations
@@ -17,12 +23,21 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+from synthpipe.errors import SynthpipeError
+
 logger = logging.getLogger("synthpipe.store")
+
+
+class StoreInUse(SynthpipeError):
+    """A run on another machine holds the remote store."""
+
 
 PARTS = ".parts"
 WHOLE_FILES_UNDER = "runs"  # written whole (and rewritten): uploaded whole, but for the logs
@@ -30,6 +45,9 @@ STATE = ".mirror-state.json"  # this copy's own record: how far each file was in
 NOT_MIRRORED = {"lock", STATE}
 JOURNAL = "journal.jsonl"  # pushed last: a record never reaches the remote before its data
 FINAL_PUSH_SECONDS = float(os.environ.get("SYNTHPIPE_MIRROR_TIMEOUT", "60"))
+LEASE = "lease.json"  # on the remote only: which run holds the store
+LEASE_SECONDS = float(os.environ.get("SYNTHPIPE_LEASE_SECONDS", "30"))
+"""A claim not renewed for this long is taken to be that of a run that was killed."""
 
 
 def is_remote(location: str | os.PathLike[str]) -> bool:
@@ -58,6 +76,57 @@ class RemoteMirror:
         self._lock = threading.Lock()  # one push at a time
         self._thread: threading.Thread | None = None
         self._failed: str | None = None
+        self._claim = {"host": socket.gethostname(), "pid": os.getpid(), "copy": str(local_root),
+                       "run": uuid.uuid4().hex}
+        self._renewed = 0.0  # monotonic time of the last renewal (0: not claimed)
+
+    # -- the claim ----------------------------------------------------------------------
+
+    def claim(self) -> None:
+        """Hold the remote store for this run, unless a run on another machine (or another
+        copy) holds it now. Raises ``StoreInUse``."""
+        held = self._read_claim()
+        if held is not None and held.get("run") != self._claim["run"]:
+            age = time.time() - float(held.get("renewed", 0))
+            ours = held.get("host") == self._claim["host"] and held.get("copy") == self._claim["copy"]
+            if not ours and age < LEASE_SECONDS:  # this machine's lock shows a claim of this copy is over
+                raise StoreInUse(
+                    f"the store {_display(self.url)} is in use by a run on {held.get('host', '?')} "
+                    f"(pid {held.get('pid', '?')}), which renewed its claim {max(0.0, age):.0f}s ago; two "
+                    "machines running one pipeline on one store would overwrite each other's work. Wait "
+                    f"for that run to end, or, if it was killed, run again in {LEASE_SECONDS - age:.0f}s, "
+                    "when its claim lapses (or give this run another cache_dir)")
+            if not ours:
+                logger.warning("synthpipe: taking over the store %s from a run on %s (pid %s) not heard "
+                               "from for %.0fs", _display(self.url), held.get("host"), held.get("pid"), age)
+        self._renew()
+
+    def release(self) -> None:
+        """Give up the claim (the run ended and everything it wrote is up)."""
+        if not self._renewed:
+            return
+        held = self._read_claim()
+        if held is not None and held.get("run") == self._claim["run"]:
+            self.fs.rm_file(f"{self.root}/{LEASE}")
+        self._renewed = 0.0
+
+    def _read_claim(self) -> dict[str, Any] | None:
+        try:
+            held = json.loads(self.fs.cat_file(f"{self.root}/{LEASE}"))
+        except FileNotFoundError:
+            return None
+        except ValueError:  # torn: a claim nobody can prove
+            return None
+        return held if isinstance(held, dict) else None
+
+    def _renew(self) -> None:
+        self._put(f"{self.root}/{LEASE}", json.dumps({**self._claim, "renewed": time.time()}).encode())
+        self._renewed = time.monotonic()
+
+    def _renew_if_due(self) -> None:
+        """Renew during a long push too, well before the claim would lapse."""
+        if self._renewed and time.monotonic() - self._renewed > LEASE_SECONDS / 4:
+            self._renew()
 
     # -- down ---------------------------------------------------------------------------
 
@@ -71,7 +140,7 @@ class RemoteMirror:
         fetched = 0
         for path, info in listing.items():
             rel = self._relative(path)
-            if rel is None or info.get("type") == "directory":
+            if rel is None or rel == LEASE or info.get("type") == "directory":
                 continue
             if PARTS + "/" in rel:
                 name, offset = rel.rsplit(PARTS + "/", 1)
@@ -147,7 +216,14 @@ class RemoteMirror:
         if self._thread.is_alive() or self._failed:
             why = self._failed or f"still copying after {timeout:g}s"
             logger.error("synthpipe: the store could not all be copied to %s (%s); the rest is kept in %s "
-                         "and goes up at the next run", _display(self.url), why, self.local)
+                         "and goes up at the next run on this machine (the store stays claimed by this "
+                         "machine for %.0fs)", _display(self.url), why, self.local, LEASE_SECONDS)
+            return
+        try:
+            self.release()
+        except Exception as exc:  # it lapses on its own
+            logger.warning("synthpipe: could not give up the claim on %s (%s); it lapses in %.0fs",
+                           _display(self.url), exc, LEASE_SECONDS)
 
     def _push_logged(self) -> None:
         try:
@@ -160,8 +236,11 @@ class RemoteMirror:
 
     def _push(self) -> None:
         with self._lock:
+            if self._renewed:
+                self._renew()
             paths = sorted(self.local.rglob("*"), key=lambda p: (p.name == JOURNAL, str(p)))  # journal last
             for path in paths:
+                self._renew_if_due()
                 if not path.is_file() or path.suffix == ".tmp":
                     continue
                 rel = path.relative_to(self.local).as_posix()
