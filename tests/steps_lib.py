@@ -417,6 +417,7 @@ class Counting(Step):
     calls: str = ""
     delay: float = 0.0
     fail_every: int = 0  # rows whose n is a multiple of this raise (0: never)
+    arrow_loaded: bool = False  # loads pyarrow and pandas, as model steps do: its batches are soon stored columnar
 
     @property
     def inputs(self) -> list[str]:
@@ -425,6 +426,12 @@ class Counting(Step):
     @property
     def outputs(self) -> list[str]:
         return [self.name]
+
+    def load(self) -> None:
+        super().load()
+        if self.arrow_loaded:
+            import pandas  # noqa: F401
+            import pyarrow  # noqa: F401
 
     def process(self, inputs: StepInput):
         time.sleep(self.delay)

@@ -20,6 +20,7 @@ from resume_pipeline import build
 from steps_lib import Counting, CountingGenerator
 from synthpipe.pipeline import Pipeline
 from synthpipe.runtime.local import LocalExecutor
+from synthpipe.store.batch_format import is_columnar
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("no_leftover_workers")]
 
@@ -74,6 +75,18 @@ def _journal(cache: Path) -> list[dict]:
     return [json.loads(line) for line in (store / "journal.jsonl").read_text().splitlines() if line.strip()]
 
 
+def _stored_forms(cache: Path) -> collections.Counter:
+    """(step, columnar?) -> stored batches."""
+    store = next(cache.glob("resume-*"))
+    forms: collections.Counter = collections.Counter()
+    for record in _journal(cache):
+        if record["t"] == "batch":
+            with (store / "batches" / record["key"]).open("rb") as fh:
+                fh.seek(record["off"])
+                forms[record["step"], is_columnar(fh.read(4))] += 1
+    return forms
+
+
 def _calls(path: Path) -> collections.Counter:
     return collections.Counter(path.read_text().splitlines()) if path.exists() else collections.Counter()
 
@@ -111,6 +124,8 @@ def test_interrupt_and_resume(tmp_path, reference, signum, seed):
     # No finished batch was computed twice: each (step, signature, seq) is journaled once.
     batches = collections.Counter((r["step"], r["sig"], r["seq"]) for r in _journal(cache) if r["t"] == "batch")
     assert batches and max(batches.values()) == 1, [k for k, v in batches.items() if v > 1]
+    forms = _stored_forms(cache)
+    assert forms["b", True] > 10 and forms["a", False] > 10, forms  # both forms were stored (and replayed)
     # Each row went through each step at least once, and again only if it was in flight at an
     # interruption (at most once per interruption).
     counted = _calls(calls)
