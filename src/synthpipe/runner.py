@@ -197,6 +197,8 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
 
     def tick() -> None:
         progress.tick()
+        if durable:
+            store.flush()  # this round's batches, in one write
         if durable and time.monotonic() - synced[0] > SYNC_EVERY_SECONDS:
             ledger.sync()
             responses.sync()
