@@ -244,6 +244,8 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
             progress.stop()
             try:
                 _keep_finished_rows(writer)
+                if durable:
+                    _keep_finished_batches(store)
             finally:
                 if interrupted is None and signals.received and outcome == "finished":
                     signum = signals.received[0]  # it came as the finished run was wound up
@@ -282,6 +284,16 @@ def _keep_finished_rows(writer: LeafWriter) -> None:
         writer.close()
     except Exception as exc:
         logger.error("synthpipe: could not write the last leaf rows: %s", exc)
+
+
+def _keep_finished_batches(store: PipelineStore) -> None:
+    """Write out the batches of the loop's last round (a graceful stop ends it without a
+    tick) while the signal handlers are still ours; a failure here is reported, never raised
+    over the error that ended the run."""
+    try:
+        store.flush()
+    except Exception as exc:
+        logger.error("synthpipe: could not write the last finished batches: %s", exc)
 
 
 def _kept_message(run_dir: RunDirectory, writer: LeafWriter, durable: bool) -> str:

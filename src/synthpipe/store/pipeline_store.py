@@ -14,6 +14,7 @@ reuses every finished batch of the steps before it. The coordinator is the only 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import zlib
 from dataclasses import dataclass
@@ -21,13 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from synthpipe.errors import SynthpipeError
+from synthpipe.store.claim import StoreInUse
 from synthpipe.store.failed_rows import read_failed_rows
 from synthpipe.store.journal import Journal
-from synthpipe.store.remote import RemoteMirror, StoreInUse, is_remote, local_copy_root
+from synthpipe.store.remote import RemoteMirror, is_remote, local_copy_root
 from synthpipe.store.run_dir import RunDirectory, cache_location, default_cache_root
 from synthpipe.store.segments import Segments
 
 SYNC_EVERY_SECONDS = 2.0
+
+logger = logging.getLogger("synthpipe.store")
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,8 @@ class PipelineStore:
             except StoreInUse:
                 self._unlock()
                 raise
-            except Exception as exc:  # never leave the lock held for a network error
+            except Exception as exc:  # never leave the lock (or the claim) held for a network error
+                self._give_back_claim()
                 self._unlock()
                 raise SynthpipeError(f"could not read the store at {self.mirror.display_url}: "
                                      f"{type(exc).__name__}: {exc}") from exc
@@ -114,12 +119,25 @@ class PipelineStore:
         return RunDirectory.create_in(self.root / "runs")
 
     def close(self) -> None:
-        self.flush()
-        self.segments.close()
-        self.journal.close()
-        if self.mirror is not None and self._lock is not None:
-            self.mirror.push()
-        self._unlock()
+        """Write out, copy to the remote, unlock: the lock is given back whatever fails."""
+        try:
+            try:
+                self.flush()
+            finally:
+                self.segments.close()
+                self.journal.close()
+            if self.mirror is not None and self._lock is not None:
+                self.mirror.push()
+        finally:
+            self._give_back_claim()
+            self._unlock()
+
+    def _give_back_claim(self) -> None:
+        if self.mirror is not None:
+            try:
+                self.mirror.release()
+            except Exception as exc:  # it lapses on its own
+                logger.warning("synthpipe: could not give up the claim on %s (%s)", self.mirror.display_url, exc)
 
     def _unlock(self) -> None:
         if self._lock is not None:
@@ -138,6 +156,8 @@ class PipelineStore:
 
     def sync(self) -> None:
         """Make what was written so far survive a power loss (a killed process needs no sync)."""
+        if self.mirror is not None and self.mirror.lease.lost:
+            raise StoreInUse(self.mirror.lease.lost)
         self.flush()
         self.segments.sync()
         self.journal.sync()

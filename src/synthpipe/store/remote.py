@@ -10,11 +10,8 @@ Pushes run on a thread of their own every couple of seconds (the coordinator nev
 the network) and once more, waited for, when the run ends. A killed run loses at most what
 was written since the last push; a push that fails is reported and retried at the next one.
 
-Two machines running one pipeline on one store would each drop the other's work, and the
-lock file only guards one machine. So a run also claims the remote store: ``lease.json``
-names its host and process and is renewed with every push; a run on another machine that
-finds a claim renewed within ``LEASE_SECONDS`` refuses to start. A killed run's claim lapses
-after that long, and at once for the next run on the same machine and copy.
+A run also claims the remote store, so that a second machine does not write it at the same
+time (see ``claim``).
 """
 
 from __future__ import annotations
@@ -23,31 +20,22 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from synthpipe.errors import SynthpipeError
+from synthpipe.store.claim import COPY_ID, LEASE, LEASE_SECONDS, RemoteClaim, StoreInUse
 
 logger = logging.getLogger("synthpipe.store")
-
-
-class StoreInUse(SynthpipeError):
-    """A run on another machine holds the remote store."""
 
 
 PARTS = ".parts"
 WHOLE_FILES_UNDER = "runs"  # written whole (and rewritten): uploaded whole, but for the logs
 STATE = ".mirror-state.json"  # this copy's own record: how far each file was in step with the remote
-NOT_MIRRORED = {"lock", STATE}
+NOT_MIRRORED = {"lock", STATE, COPY_ID}
 JOURNAL = "journal.jsonl"  # pushed last: a record never reaches the remote before its data
 FINAL_PUSH_SECONDS = float(os.environ.get("SYNTHPIPE_MIRROR_TIMEOUT", "60"))
-LEASE = "lease.json"  # on the remote only: which run holds the store
-LEASE_SECONDS = float(os.environ.get("SYNTHPIPE_LEASE_SECONDS", "30"))
-"""A claim not renewed for this long is taken to be that of a run that was killed."""
 
 
 def is_remote(location: str | os.PathLike[str]) -> bool:
@@ -76,57 +64,17 @@ class RemoteMirror:
         self._lock = threading.Lock()  # one push at a time
         self._thread: threading.Thread | None = None
         self._failed: str | None = None
-        self._claim = {"host": socket.gethostname(), "pid": os.getpid(), "copy": str(local_root),
-                       "run": uuid.uuid4().hex}
-        self._renewed = 0.0  # monotonic time of the last renewal (0: not claimed)
+        self.lease = RemoteClaim(self.fs, self.root, local_root, _display(self.url))
 
-    # -- the claim ----------------------------------------------------------------------
+    # -- the claim (one machine at a time) ------------------------------------------------
 
     def claim(self) -> None:
-        """Hold the remote store for this run, unless a run on another machine (or another
-        copy) holds it now. Raises ``StoreInUse``."""
-        held = self._read_claim()
-        if held is not None and held.get("run") != self._claim["run"]:
-            age = time.time() - float(held.get("renewed", 0))
-            ours = held.get("host") == self._claim["host"] and held.get("copy") == self._claim["copy"]
-            if not ours and age < LEASE_SECONDS:  # this machine's lock shows a claim of this copy is over
-                raise StoreInUse(
-                    f"the store {_display(self.url)} is in use by a run on {held.get('host', '?')} "
-                    f"(pid {held.get('pid', '?')}), which renewed its claim {max(0.0, age):.0f}s ago; two "
-                    "machines running one pipeline on one store would overwrite each other's work. Wait "
-                    f"for that run to end, or, if it was killed, run again in {LEASE_SECONDS - age:.0f}s, "
-                    "when its claim lapses (or give this run another cache_dir)")
-            if not ours:
-                logger.warning("synthpipe: taking over the store %s from a run on %s (pid %s) not heard "
-                               "from for %.0fs", _display(self.url), held.get("host"), held.get("pid"), age)
-        self._renew()
+        """Hold the remote store for this run; raises ``StoreInUse`` if another run holds it."""
+        self.lease.acquire(self._put)
 
     def release(self) -> None:
-        """Give up the claim (the run ended and everything it wrote is up)."""
-        if not self._renewed:
-            return
-        held = self._read_claim()
-        if held is not None and held.get("run") == self._claim["run"]:
-            self.fs.rm_file(f"{self.root}/{LEASE}")
-        self._renewed = 0.0
-
-    def _read_claim(self) -> dict[str, Any] | None:
-        try:
-            held = json.loads(self.fs.cat_file(f"{self.root}/{LEASE}"))
-        except FileNotFoundError:
-            return None
-        except ValueError:  # torn: a claim nobody can prove
-            return None
-        return held if isinstance(held, dict) else None
-
-    def _renew(self) -> None:
-        self._put(f"{self.root}/{LEASE}", json.dumps({**self._claim, "renewed": time.time()}).encode())
-        self._renewed = time.monotonic()
-
-    def _renew_if_due(self) -> None:
-        """Renew during a long push too, well before the claim would lapse."""
-        if self._renewed and time.monotonic() - self._renewed > LEASE_SECONDS / 4:
-            self._renew()
+        """Give up the claim: stop renewing it and remove it, if it is still this run's."""
+        self.lease.release()
 
     # -- down ---------------------------------------------------------------------------
 
@@ -206,6 +154,10 @@ class RemoteMirror:
         """Push everything now (the end of a run), waiting ``timeout`` seconds at most: a stalled
         network must not hold a finished or interrupted run. What stays behind is pushed by
         the next run of the pipeline on this machine."""
+        if self.lease.lost:  # another run holds the store now: copying would overwrite its work
+            self.lease.release()
+            logger.error("synthpipe: nothing more was copied to %s: %s", _display(self.url), self.lease.lost)
+            return
         deadline = time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
@@ -216,8 +168,9 @@ class RemoteMirror:
         if self._thread.is_alive() or self._failed:
             why = self._failed or f"still copying after {timeout:g}s"
             logger.error("synthpipe: the store could not all be copied to %s (%s); the rest is kept in %s "
-                         "and goes up at the next run on this machine (the store stays claimed by this "
-                         "machine for %.0fs)", _display(self.url), why, self.local, LEASE_SECONDS)
+                         "and goes up at the next run of this copy (the claim on the store lapses in %.0fs)",
+                         _display(self.url), why, self.local, LEASE_SECONDS)
+            self.lease.stop()
             return
         try:
             self.release()
@@ -236,11 +189,10 @@ class RemoteMirror:
 
     def _push(self) -> None:
         with self._lock:
-            if self._renewed:
-                self._renew()
+            if self.lease.lost:
+                raise StoreInUse(self.lease.lost)
             paths = sorted(self.local.rglob("*"), key=lambda p: (p.name == JOURNAL, str(p)))  # journal last
             for path in paths:
-                self._renew_if_due()
                 if not path.is_file() or path.suffix == ".tmp":
                     continue
                 rel = path.relative_to(self.local).as_posix()
