@@ -197,8 +197,6 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
 
     def tick() -> None:
         progress.tick()
-        if durable:
-            store.flush()  # this round's batches, in one write
         if durable and time.monotonic() - synced[0] > SYNC_EVERY_SECONDS:
             ledger.sync()
             responses.sync()
@@ -244,8 +242,6 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
             progress.stop()
             try:
                 _keep_finished_rows(writer)
-                if durable:
-                    _keep_finished_batches(store)
             finally:
                 if interrupted is None and signals.received and outcome == "finished":
                     signum = signals.received[0]  # it came as the finished run was wound up
@@ -284,16 +280,6 @@ def _keep_finished_rows(writer: LeafWriter) -> None:
         writer.close()
     except Exception as exc:
         logger.error("synthpipe: could not write the last leaf rows: %s", exc)
-
-
-def _keep_finished_batches(store: PipelineStore) -> None:
-    """Write out the batches of the loop's last round (a graceful stop ends it without a
-    tick) while the signal handlers are still ours; a failure here is reported, never raised
-    over the error that ended the run."""
-    try:
-        store.flush()
-    except Exception as exc:
-        logger.error("synthpipe: could not write the last finished batches: %s", exc)
 
 
 def _kept_message(run_dir: RunDirectory, writer: LeafWriter, durable: bool) -> str:
