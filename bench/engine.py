@@ -26,8 +26,10 @@ dir, since a run over a finished store would return the stored result instead of
 Cache off still computes the step signatures (which hash the in-memory data of
 ``LoadDataFromDicts``) and marks the run complete, so that part of durability's cost is in
 both timings. The coordinator's CPU time is reported too: less noisy on a busy machine.
-Separately, the "instant result" is timed: running a finished pipeline again with the same
-cache dir (100k rows, batch 1000), against its first run.
+The cost of ``PipelineStore.persist`` alone per 50-row batch (6,000 calls into a new store) is
+reported too: steadier than the difference of two noisy runs. Separately, the "instant
+result" is timed: running a finished pipeline again with the same cache dir (100k rows,
+batch 1000), against its first run.
 
     .venv/bin/python bench/engine.py            # full: 10k and 100k rows, batch 50 and 1000
     .venv/bin/python bench/engine.py --quick    # 10k rows only, one repeat
@@ -320,6 +322,25 @@ def measure_instant(n: int, batch_size: int, repeat: int) -> dict[str, Any]:
             "speedup": first_s / again_s}
 
 
+def measure_persist(batch_size: int = 50, calls: int = 6000, repeat: int = 5) -> dict[str, Any]:
+    """``PipelineStore.persist`` alone, on one batch of the benchmark's rows (pickled as a worker
+    sends them): the store's own cost per batch, steadier than the difference of two noisy runs."""
+    import pickle
+
+    data = pickle.dumps(plain_loop(make_rows(batch_size), batch_size), protocol=pickle.HIGHEST_PROTOCOL)
+    best = float("inf")
+    for attempt in range(repeat):
+        with tempfile.TemporaryDirectory(prefix="synthpipe-bench-") as folder:
+            store = pipeline_store.PipelineStore(Path(folder))
+            started = time.perf_counter()
+            for seq in range(calls):
+                store.persist("step", f"sig{attempt}", seq, data, batch_size, False, 0, "run", batch_size)
+            best = min(best, time.perf_counter() - started)
+            store.close()
+    return {"batch_size": batch_size, "batch_bytes": len(data), "calls": calls, "repeat": repeat,
+            "us_per_batch": best / calls * 1e6}
+
+
 STORE_FUNCTIONS = r"persist|store/journal|store/segments|json/__init__|json/encoder|pickle|fsync|flush|write"
 
 
@@ -416,7 +437,8 @@ def format_table(startup: dict[str, Any], results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def format_durability(results: list[dict[str, Any]], instant: dict[str, Any] | None) -> str:
+def format_durability(results: list[dict[str, Any]], instant: dict[str, Any] | None,
+                      persist: dict[str, Any] | None = None) -> str:
     lines = [f"durability: cache on vs off (persisting disabled), target overhead < {OVERHEAD_TARGET_PCT:.0f} %", ""]
     header = (f"{'rows':>8} {'batch':>6} {'batches':>8} {'on s':>8} {'off s':>8} {'overhead':>9} "
               f"{'us/batch':>9} {'coord CPU on':>13} {'off':>6}  target")
@@ -439,6 +461,9 @@ def format_durability(results: list[dict[str, Any]], instant: dict[str, Any] | N
         "coord CPU: CPU time of the coordinator (this process) during run(), best of each: less noisy than wall time",
         "on a busy machine, but without the waits (fsync)",
     ]
+    if persist is not None:
+        lines += [f"PipelineStore.persist alone: {persist['us_per_batch']:.1f} us per {persist['batch_size']}-row "
+                  f"batch ({persist['batch_bytes']:,} bytes; best of {persist['repeat']} x {persist['calls']:,} calls)"]
     if instant is not None:
         lines += [
             "",
@@ -493,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(startup, results))
     print()
-    print(format_durability(results, instant))
+    persist = measure_persist()
+    print(format_durability(results, instant, persist))
 
     profiles: dict[str, str] = {}
     if args.profile:
@@ -519,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         "durability": {
             "target_overhead_pct": OVERHEAD_TARGET_PCT,
             "cache_off": "PipelineStore.persist replaced by a no-op in the coordinator",
+            "persist_alone": persist,
             "order": "interleaved: on, off, on, off, ...; best of each",
             "configs": [
                 {k: r[k] for k in ("rows", "batch_size", "persisted_batches", "cache_on_s", "cache_off_s",
