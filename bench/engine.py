@@ -16,7 +16,7 @@ fast one.
 
 Durability ("cache on vs off"): every finished batch is stored (each worker makes the Arrow
 form of its batch, then ``PipelineStore.persist`` appends it to a segment file and a record to
-the journal). For each configuration the same
+the journal, both written once per round of the coordinator's loop). For each configuration the same
 run is also timed with persisting disabled, by replacing ``PipelineStore.persist`` with a
 no-op in this process (the coordinator is the only writer) and not asking the workers for the
 Arrow form. The two kinds of run are

@@ -143,6 +143,10 @@ class ExecutorHooks:
     on_persist: Callable[[Persist, bytes | None], None] = lambda action, data: None
     """``data``: the bytes the worker sent to be stored, or None for rows the coordinator put
     together itself (the parts of a batch split to isolate a crash)."""
+    on_flush: Callable[[], None] = lambda: None
+    """Make the batches handed to ``on_persist`` so far durable (against a killed process).
+    Called before anything that follows from them leaves the coordinator: work for the next
+    steps, rows for the result."""
     on_replay: Callable[[str, int], tuple[list[dict[str, Any]], bool]] = lambda step, seq: ([], False)
     on_tick: Callable[[], None] = lambda: None
     on_record: Callable[[str, Any], None] = lambda kind, payload: None
@@ -208,6 +212,8 @@ class LocalExecutor:
         self._stop_deadline: float | None = None
         self._jitter = random.Random()
         self._received: dict[int, bytes] = {}  # ticket -> output bytes, until persisted
+        self._held: list[Action] = []  # what follows from this round's batches, until they are stored
+        self._unflushed = False  # batches handed to on_persist since the last on_flush
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -220,6 +226,10 @@ class LocalExecutor:
             self._start_workers()
             outcome = self._loop()
         finally:
+            try:
+                self._flush_stored()  # what finished is kept, however the run ends
+            except Exception as exc:  # reported, never raised over what ended the run
+                logger.error("synthpipe: could not write the last finished batches: %s", exc)
             self._shutdown(self._shutdown_grace(outcome))
         if self.scheduler.failed is not None:
             record = self.scheduler.failed
@@ -311,6 +321,7 @@ class LocalExecutor:
                         outcome = self._exited(worker)
                 if outcome is not None:
                     break
+            self._release_held()  # the round's batches are stored, in one go, before their results go on
             if outcome is None:
                 outcome = self._fire_due_timers()
             if outcome is not None or self.scheduler.drained:
@@ -390,6 +401,7 @@ class LocalExecutor:
         return None
 
     def _exited(self, worker: _Worker) -> bool | None:
+        self._release_held()  # sent to the worker as it was when the scheduler chose it
         worker.process.join(timeout=1.0)
         worker.exited = True
         worker.outbox.close()
@@ -435,9 +447,9 @@ class LocalExecutor:
             return None
         if kind == m.READY:
             worker.ready = True
-            return self._apply(sched.worker_ready(worker.step, worker.replica))
+            return self._apply(sched.worker_ready(worker.step, worker.replica), hold=True)
         if kind == m.LOAD_FAILED:
-            return self._apply(sched.load_failed(worker.step, worker.replica, message[1]))
+            return self._apply(sched.load_failed(worker.step, worker.replica, message[1]), hold=True)
         ticket = message[1]
         self._job_finished(worker, ticket)
         if kind == m.DONE:
@@ -446,11 +458,11 @@ class LocalExecutor:
             try:
                 actions = sched.batch_done(worker.step, worker.replica, ticket, pickle.loads(data), last,
                                            failed=failed, sources=sources)
-                return self._apply(actions)
+                return self._apply(actions, hold=True)
             finally:
                 self._received.pop(ticket, None)
         if kind == m.FAILED:
-            return self._apply(sched.batch_failed(worker.step, worker.replica, ticket, message[2]))
+            return self._apply(sched.batch_failed(worker.step, worker.replica, ticket, message[2]), hold=True)
         raise RuntimeError(f"unknown message from worker {worker.step}/{worker.replica}: {kind!r}")
 
     def _job_finished(self, worker: _Worker, ticket: int) -> None:
@@ -459,12 +471,21 @@ class LocalExecutor:
         worker.sent_at.pop(ticket, None)
         worker.busy_since = time.monotonic() if worker.outstanding else None
 
-    def _apply(self, actions: list[Action]) -> bool | None:
+    def _apply(self, actions: list[Action], hold: bool = False) -> bool | None:
         """Carry out the scheduler's actions, and those that follow from them (a replay answers
-        at once); True when finished, False when failed."""
+        at once); True when finished, False when failed.
+
+        A batch is stored before anything that follows from it leaves the coordinator. With
+        ``hold`` (the messages of one round), those actions wait in ``_held`` so that all the
+        round's batches are stored in one go; otherwise the store is flushed before each."""
         todo = deque(actions)
         while todo:
             action = todo.popleft()
+            if isinstance(action, (Dispatch, Generate, Emit)):
+                if hold:
+                    self._held.append(action)
+                    continue
+                self._flush_stored()
             if isinstance(action, Replay):
                 try:
                     rows, last = self.hooks.on_replay(action.step, action.seq)
@@ -477,6 +498,7 @@ class LocalExecutor:
             elif isinstance(action, Persist):
                 data = self._received.get(action.ticket) if action.ticket is not None else None
                 self.hooks.on_persist(action, data)
+                self._unflushed = True
             elif isinstance(action, Dispatch):
                 b = action.batch
                 message = (m.BATCH, action.ticket, b.seq, b.row_start, b.inputs)
@@ -502,6 +524,17 @@ class LocalExecutor:
             elif isinstance(action, Finished):
                 return True
         return None
+
+    def _flush_stored(self) -> None:
+        if self._unflushed:
+            self._unflushed = False
+            self.hooks.on_flush()
+
+    def _release_held(self) -> None:
+        """Store the round's batches, then send on what follows from them, in the order chosen."""
+        self._flush_stored()
+        held, self._held = self._held, []
+        self._apply(held)
 
     def _send(self, step: str, replica: int, ticket: int, message: tuple[Any, ...]) -> None:
         worker = self.workers[(step, replica)]

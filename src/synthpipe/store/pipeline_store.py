@@ -64,6 +64,7 @@ class PipelineStore:
         self.responses_folder = root / "responses"
         self._lock: Any = None
         self._records: list[dict[str, Any]] | None = None
+        self._pending: list[dict[str, Any]] = []  # journal records whose data may still be buffered
 
     @classmethod
     def for_pipeline(cls, cache_root: str | os.PathLike[str] | None, name: str, structure: str) -> PipelineStore:
@@ -118,12 +119,15 @@ class PipelineStore:
         return RunDirectory.create_in(self.root / "runs")
 
     def close(self) -> None:
-        """Close the files, copy to the remote, unlock: the lock is given back whatever fails."""
+        """Write out, copy to the remote, unlock: the lock is given back whatever fails."""
         try:
             try:
-                self.segments.close()
+                self.flush()
             finally:
-                self.journal.close()
+                try:
+                    self.segments.close()
+                finally:
+                    self.journal.close()
             if self.mirror is not None and self._lock is not None:
                 self.mirror.push()
         finally:
@@ -143,10 +147,21 @@ class PipelineStore:
             self._lock.close()
             self._lock = None
 
+    def flush(self) -> None:
+        """Hand what was stored so far to the kernel: the batches' bytes first, then the journal
+        records pointing to them, in one write. The executor calls it before anything that
+        follows from those batches leaves the coordinator (work for the next steps, leaf rows),
+        once for all the batches it read in one round."""
+        if self._pending:
+            self.segments.flush()
+            self.journal.append_many(self._pending)
+            self._pending.clear()
+
     def sync(self) -> None:
         """Make what was written so far survive a power loss (a killed process needs no sync)."""
         if self.mirror is not None and self.mirror.lease.lost:
             raise StoreInUse(self.mirror.lease.lost)
+        self.flush()
         self.segments.sync()
         self.journal.sync()
         if self.mirror is not None:
@@ -155,6 +170,7 @@ class PipelineStore:
     # -- reading what is there ------------------------------------------------------------
 
     def records(self) -> list[dict[str, Any]]:
+        self.flush()
         if self._records is None:
             self._records = self.journal.read()
         return self._records
@@ -226,14 +242,16 @@ class PipelineStore:
     # -- writing --------------------------------------------------------------------------
 
     def invalidate(self, step: str, signature: str) -> None:
-        self.journal.append({"t": "invalidate", "step": step, "sig": signature})
+        self._pending.append({"t": "invalidate", "step": step, "sig": signature})
+        self.flush()
         self._records = None
 
     def persist(self, step: str, signature: str, seq: int, data: bytes, rows: int, last: bool,
                 failed: int, run: str, inputs: int = 0, failed_at: tuple[int, ...] = (),
                 sources: tuple[int, ...] | None = None) -> None:
-        """Store a finished batch, then journal it: the record never points to missing data
-        (and one whose bytes a power cut lost is found out by its size and ignored)."""
+        """Store a finished batch, then journal it (at the next ``flush``, after its bytes): the
+        record never points to missing data (and one whose bytes a power cut lost is found out
+        by its size and ignored)."""
         key, offset, length = self.segments.append(step, signature, data)
         self._records = None
         record = {"t": "batch", "step": step, "sig": signature, "seq": seq, "key": key, "off": offset,
@@ -243,11 +261,12 @@ class PipelineStore:
             record["fa"] = list(failed_at)
         if sources is not None and list(sources) != [i for i in range(inputs) if i not in set(failed_at)]:
             record["src"] = list(sources)  # only where rows do not simply follow their inputs
-        self.journal.append(record)
+        self._pending.append(record)
 
     def record_retry_pass(self, step: str, signature: str, attempt: int) -> None:
         """A retry pass of ``step``'s failed rows was merged into the result."""
-        self.journal.append({"t": "retried", "step": step, "sig": signature, "attempt": attempt})
+        self._pending.append({"t": "retried", "step": step, "sig": signature, "attempt": attempt})
+        self.flush()
         self._records = None
 
     def retry_passes(self, signatures: dict[str, str]) -> list[tuple[str, int]]:
@@ -263,6 +282,7 @@ class PipelineStore:
         return passes
 
     def mark_complete(self, pipeline_signature: str, run: str, leaves: dict[str, list[str]]) -> None:
-        self.journal.append({"t": "complete", "sig": pipeline_signature, "run": run, "leaves": leaves})
+        self._pending.append({"t": "complete", "sig": pipeline_signature, "run": run, "leaves": leaves})
+        self.flush()
         self._records = None
         self.sync()

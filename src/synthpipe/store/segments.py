@@ -14,6 +14,10 @@ from typing import Any
 
 from synthpipe.store.batch_format import decode
 
+BUFFER_BYTES = 256 * 1024
+"""Appends wait in a buffer this large until the store flushes them (at least once per round
+of the coordinator's loop): one write for several batches rather than one each."""
+
 
 class Segments:
     def __init__(self, folder: Path) -> None:
@@ -27,21 +31,25 @@ class Segments:
     def append(self, step: str, signature: str, data: bytes) -> tuple[str, int, int]:
         """Store ``data``; return (file relative to the store, offset, length).
 
-        The bytes are handed to the kernel before this returns, so the journal record written
-        next never outlives them if the process is killed.
+        The bytes may wait in this process's buffer until ``flush``, which the store calls
+        before it writes the journal records that point to them.
         """
         key = f"{step}/{signature}.seg"
         fh = self._open.get(key)
         if fh is None:
             path = self.path(step, signature)
             path.parent.mkdir(parents=True, exist_ok=True)
-            fh = self._open[key] = path.open("ab")
+            fh = self._open[key] = path.open("ab", buffering=BUFFER_BYTES)
             self._ends[key] = fh.tell()
         offset = self._ends[key]
         fh.write(data)
-        fh.flush()
         self._ends[key] = offset + len(data)
         return key, offset, len(data)
+
+    def flush(self) -> None:
+        """Hand every appended byte to the kernel (enough to survive a killed process)."""
+        for fh in self._open.values():
+            fh.flush()
 
     def read(self, key: str, offset: int, length: int, crc: int | None = None) -> list[dict[str, Any]]:
         if key in self._open:
