@@ -228,6 +228,8 @@ class LocalExecutor:
         finally:
             try:
                 self._flush_stored()  # what finished is kept, however the run ends
+                emits, self._held = [a for a in self._held if isinstance(a, Emit)], []
+                self._apply(emits)  # and its leaf rows: no more work goes to the workers
             except Exception as exc:  # reported, never raised over what ended the run
                 logger.error("synthpipe: could not write the last finished batches: %s", exc)
             self._shutdown(self._shutdown_grace(outcome))
