@@ -266,6 +266,9 @@ def test_outlines_json_schema_with_transformers(hf_llama):
     # outlines-core applies its token mask through torch.compile: ~25 s on a cold inductor cache.
     with torch._dynamo.config.patch(disable=True):
         for do_sample in (False, True):
+            # Seeded: a random model's sampling can run a number for 120 tokens and leave the
+            # JSON unfinished (seen once in CI); this seed ends well, and every run is the same.
+            torch.manual_seed(0)
             text = generator(
                 "Describe a person as JSON.",
                 output_type=JsonSchema(json.dumps(PERSON_SCHEMA)),
