@@ -39,6 +39,7 @@ from typing import Any
 import aiohttp
 
 from synthpipe.models.openai_client import OpenAICompatibleClient, RetryPolicy
+from synthpipe.testing.processes import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -64,13 +65,7 @@ def start_server(latency: float, timeout: float = 20.0) -> tuple[subprocess.Pope
 
 
 def stop_server(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    stop_process(proc)
 
 
 def payload(i: int) -> dict[str, Any]:

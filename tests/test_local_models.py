@@ -19,6 +19,7 @@ from synthpipe.pipeline import Pipeline
 from synthpipe.steps import LoadDataFromDicts
 from synthpipe.steps.embeddings import EmbeddingGeneration
 from synthpipe.steps.tasks import TextGeneration
+from synthpipe.testing.processes import stop_process
 from synthpipe.testing.tiny_models import minilm_path
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("no_leftover_workers")]
@@ -172,12 +173,7 @@ def llama_server(gguf, tmp_path_factory):
                 time.sleep(0.1)
         yield base + "/v1"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
         log.close()
 
 

@@ -19,6 +19,7 @@ import urllib.request
 
 import pytest
 
+from synthpipe.testing.processes import stop_process
 from synthpipe.testing.tiny_models import HIDDEN, minilm_path
 
 OFFLINE_ENV = {
@@ -340,10 +341,5 @@ def test_llama_cpp_server_chat_over_http(tiny_gguf, tmp_path):
         )
         check_person(constrained["choices"][0]["message"]["content"])
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
         log.close()
