@@ -116,14 +116,14 @@ class RemoteClaim:
     # -- holding it ---------------------------------------------------------------------
 
     def _beat(self) -> None:
-        failing_since: float | None = None
+        failing = False
         while not self._stop.wait(LEASE_SECONDS / 4):
             try:
                 self._renew()
-                failing_since = None
+                failing = False
             except Exception as exc:  # the network: try again at the next beat
-                if failing_since is None:
-                    failing_since = time.monotonic()
+                if not failing:
+                    failing = True
                     logger.warning("synthpipe: could not renew the claim on %s (%s); trying again",
                                    self.display_url, exc)
             if self.lost is not None:

@@ -109,7 +109,7 @@ class PipelineStore:
                 self._unlock()
                 raise
             except Exception as exc:  # never leave the lock (or the claim) held for a network error
-                self._give_back_claim()
+                self._give_back_claim(copied=True)  # this run wrote nothing
                 self._unlock()
                 raise SynthpipeError(f"could not read the store at {self.mirror.display_url}: "
                                      f"{type(exc).__name__}: {exc}") from exc
@@ -120,6 +120,7 @@ class PipelineStore:
 
     def close(self) -> None:
         """Write out, copy to the remote, unlock: the lock is given back whatever fails."""
+        copied = False
         try:
             try:
                 self.flush()
@@ -129,15 +130,15 @@ class PipelineStore:
                 finally:
                     self.journal.close()
             if self.mirror is not None and self._lock is not None:
-                self.mirror.push()
+                copied = self.mirror.push()
         finally:
-            self._give_back_claim()
+            self._give_back_claim(copied)
             self._unlock()
 
-    def _give_back_claim(self) -> None:
+    def _give_back_claim(self, copied: bool) -> None:
         if self.mirror is not None:
             try:
-                self.mirror.release()
+                self.mirror.release(copied)
             except Exception as exc:  # it lapses on its own
                 logger.warning("synthpipe: could not give up the claim on %s (%s)", self.mirror.display_url, exc)
 

@@ -72,9 +72,13 @@ class RemoteMirror:
         """Hold the remote store for this run; raises ``StoreInUse`` if another run holds it."""
         self.lease.acquire(self._put)
 
-    def release(self) -> None:
-        """Give up the claim: stop renewing it and remove it, if it is still this run's."""
-        self.lease.release()
+    def release(self, copied: bool) -> None:
+        """End the claim: removed if everything is up (``copied``) and it is still this run's;
+        otherwise only no longer renewed, so that it lapses (this copy holds what is not up)."""
+        if copied:
+            self.lease.release()
+        else:
+            self.lease.stop()
 
     # -- down ---------------------------------------------------------------------------
 
@@ -150,14 +154,13 @@ class RemoteMirror:
         self._thread = threading.Thread(target=self._push_logged, name="synthpipe-mirror", daemon=True)
         self._thread.start()
 
-    def push(self, timeout: float = FINAL_PUSH_SECONDS) -> None:
+    def push(self, timeout: float = FINAL_PUSH_SECONDS) -> bool:
         """Push everything now (the end of a run), waiting ``timeout`` seconds at most: a stalled
         network must not hold a finished or interrupted run. What stays behind is pushed by
-        the next run of the pipeline on this machine."""
+        the next run of the pipeline on this machine. True if everything is up."""
         if self.lease.lost:  # another run holds the store now: copying would overwrite its work
-            self.lease.release()
             logger.error("synthpipe: nothing more was copied to %s: %s", _display(self.url), self.lease.lost)
-            return
+            return False
         deadline = time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
@@ -170,13 +173,8 @@ class RemoteMirror:
             logger.error("synthpipe: the store could not all be copied to %s (%s); the rest is kept in %s "
                          "and goes up at the next run of this copy (the claim on the store lapses in %.0fs)",
                          _display(self.url), why, self.local, LEASE_SECONDS)
-            self.lease.stop()
-            return
-        try:
-            self.release()
-        except Exception as exc:  # it lapses on its own
-            logger.warning("synthpipe: could not give up the claim on %s (%s); it lapses in %.0fs",
-                           _display(self.url), exc, LEASE_SECONDS)
+            return False
+        return True
 
     def _push_logged(self) -> None:
         try:
