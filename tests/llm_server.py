@@ -94,6 +94,13 @@ class ServerConfig:
     retry_after_style: str = "seconds"  # seconds | ms | date | none
     hang_seconds: float = 600.0  # how long a [[hang]] lasts at most
     keep_requests: int = 50  # how many recent request records to keep
+    # Scripted answers, for tasks that parse a format: (regex, content) pairs tried in order on the
+    # whole conversation (every message's text, system included, joined by newlines; the prompt
+    # of /v1/completions); the first that matches gives every choice's content verbatim, also
+    # when a JSON format was asked for (so a test can send a malformed one). ``{i}`` in the content
+    # becomes the choice's index. In-process only: ``responder(body) -> str | None`` is asked first.
+    answers: list = dataclasses.field(default_factory=list)
+    responder: Any = None
 
 
 def _error_body(status: int, message: str) -> dict[str, Any]:
@@ -295,6 +302,26 @@ def _markers(prompt: str, attempt: int) -> dict[str, str | None]:
     return active
 
 
+def scripted_answer(cfg: ServerConfig, body: dict[str, Any], index: int = 0) -> str | None:
+    """The scripted content for this request (see ``ServerConfig.answers``), or None."""
+    if cfg.responder is not None:
+        answer = cfg.responder(body)
+        if answer is not None:
+            return str(answer).replace("{i}", str(index))
+    if not cfg.answers:
+        return None
+    if "messages" in body:
+        parts = [_text_of(body.get("system"))] if body.get("system") else []
+        parts += [_text_of(m.get("content")) for m in body.get("messages") or [] if isinstance(m, dict)]
+        whole = "\n".join(parts)
+    else:
+        whole = _text_of(body.get("prompt"))
+    for pattern, content in cfg.answers:
+        if re.search(pattern, whole, re.S):
+            return str(content).replace("{i}", str(index))
+    return None
+
+
 def _chat_answer(cfg: ServerConfig, body: dict[str, Any], prompt: str, bad_json: bool) -> dict[str, Any]:
     n = 1 if "[[onechoice]]" in prompt else int(body.get("n") or 1)  # a server that ignores n
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
@@ -308,7 +335,10 @@ def _chat_answer(cfg: ServerConfig, body: dict[str, Any], prompt: str, bad_json:
         text = f"echo: {prompt}" if i == 0 else f"echo {i}: {prompt}"
         finish = "stop"
         words = text.split()
-        if fmt.get("type") in ("json_schema", "json_object", "json"):
+        scripted = scripted_answer(cfg, body, i)
+        if scripted is not None:
+            content = scripted
+        elif fmt.get("type") in ("json_schema", "json_object", "json"):
             if bad_json:
                 content = '{"answer": "' + text[:40] + '", "broken'
             elif fmt.get("type") == "json_schema":
@@ -355,16 +385,24 @@ def _messages_answer(cfg: ServerConfig, body: dict[str, Any], prompt: str, bad_j
     choice = body.get("tool_choice") or {}
     tools = {t.get("name"): t for t in body.get("tools") or [] if isinstance(t, dict)}
     fmt = (body.get("output_config") or {}).get("format") or {}
+    scripted = scripted_answer(cfg, body)
     if choice.get("type") == "tool" and choice.get("name") in tools:
         name = choice["name"]
         schema = tools[name].get("input_schema") or {}
         value = {"broken": text[:40]} if bad_json else instance_of(schema, text)
+        if scripted is not None:
+            try:
+                value = json.loads(scripted)
+            except ValueError:
+                value = {"unparsable": scripted}
         digest = hashlib.sha1(f"{prompt}|{name}".encode()).hexdigest()[:24]
         content: list[dict[str, Any]] = [{"type": "tool_use", "id": f"toolu_{digest}", "name": name, "input": value}]
         stop_reason, output_tokens = "tool_use", _words(json.dumps(value))
     else:
         stop_reason = "end_turn"
-        if fmt.get("type") == "json_schema" and bad_json:
+        if scripted is not None:
+            out = scripted
+        elif fmt.get("type") == "json_schema" and bad_json:
             out = '{"answer": "' + text[:40] + '", "broken'
         elif fmt.get("type") == "json_schema":
             out = json.dumps(instance_of(fmt.get("schema") or {}, text))
@@ -397,6 +435,11 @@ def _completion_answer(cfg: ServerConfig, body: dict[str, Any], prompt: str) -> 
     for i in range(n):
         words = (f"echo: {prompt}" if i == 0 else f"echo {i}: {prompt}").split()
         finish = "stop"
+        scripted = scripted_answer(cfg, body, i)
+        if scripted is not None:
+            completion_tokens += _words(scripted)
+            choices.append({"index": i, "text": scripted, "logprobs": None, "finish_reason": finish})
+            continue
         if max_tokens is not None and len(words) > int(max_tokens):
             words, finish = words[: int(max_tokens)], "length"
         completion_tokens += len(words)

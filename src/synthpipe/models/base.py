@@ -141,6 +141,11 @@ class LLM(BaseModel):
         """Requests this model can serve at once (a step keeps that many rows in flight)."""
         return 1
 
+    def supports_structured_output(self) -> bool:
+        """Whether this backend can constrain its output to a JSON schema (tasks with a shaped
+        answer then ask for one instead of a text format)."""
+        return True
+
     def requests_per_row(self, num_generations: int) -> int:
         """Requests one row costs: 1 where the API returns several generations at once."""
         return 1

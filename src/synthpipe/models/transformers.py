@@ -66,6 +66,11 @@ class TransformersLLM(BatchLLM):
     def unload(self) -> None:
         self._model = self._tokenizer = None
 
+    def supports_structured_output(self) -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("outlines") is not None
+
     def _check_outlines(self) -> None:
         try:
             import outlines  # noqa: F401

@@ -14,16 +14,38 @@ from typing import Any, ClassVar, Optional
 from pydantic import Field
 
 from synthpipe.errors import SynthpipeError
-from synthpipe.models.base import LLM, ChatType, GenerateOutput, InvalidStructuredOutput
+from synthpipe.models.base import LLM, ChatType, GenerateOutput, InvalidStructuredOutput, StructuredOutput
 from synthpipe.models.cache import cache_for, generate_cached
 from synthpipe.runtime.worker import current_row_start
 from synthpipe.steps.base import OnError, RowFailure, Step, StepInput, StepResult, column_spec
 
 METADATA_COLUMN = "synthpipe_metadata"
+_TASK_SCHEMA_NAME = "task_output"  # the name a task's own default schema goes by
 
 
 class IncompleteAnswer(SynthpipeError):
     """The model answered without what was asked: fewer generations, or no text."""
+
+
+class UnparsableAnswer(SynthpipeError):
+    """An answer a task could not turn into its columns. The row fails on its own (the raw
+    text is kept, in the message and in ``raw_output``), and the answer is not cached, so a
+    retry asks again."""
+
+    def __init__(self, message: str, raw_output: str | None = None) -> None:
+        shown = raw_output if raw_output is None or len(raw_output) <= 2000 else raw_output[:2000] + "..."
+        super().__init__(f"{message}; raw output: {shown!r}")
+        self.raw_output = raw_output
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_unparsable, (str(self), self.raw_output))
+
+
+def _rebuild_unparsable(message: str, raw_output: str | None) -> UnparsableAnswer:
+    error = UnparsableAnswer.__new__(UnparsableAnswer)
+    SynthpipeError.__init__(error, message)
+    error.raw_output = raw_output
+    return error
 
 
 class Task(Step):
@@ -42,6 +64,7 @@ class Task(Step):
     add_raw_output: bool = True
     add_raw_input: bool = True
     on_error: Optional[OnError] = "skip"  # a failed request fails its row, not the run (the guard still watches)
+    use_default_structured_output: bool = True
 
     # -- what tasks define ------------------------------------------------------------
 
@@ -56,6 +79,25 @@ class Task(Step):
         """The columns ``format_output`` returns."""
         return []
 
+    def get_structured_output(self) -> dict[str, Any] | None:
+        """The JSON schema of this task's answer, for a task whose answer has a shape (ratings,
+        a list, a label); None for free text. Asked for as structured output where the backend
+        supports it, so real models fail fewer rows than with a text format to follow."""
+        return None
+
+    @property
+    def uses_structured_output(self) -> bool:
+        """Whether the answer comes back as JSON of ``get_structured_output()``: the task's
+        default is on, the backend can constrain its output, and the user set no schema of
+        their own. ``format_input`` then asks for JSON, ``format_output`` parses JSON; otherwise
+        both use the task's text format."""
+        if not self.use_default_structured_output or self.get_structured_output() is None:
+            return False
+        user_schema = self.llm.structured_output
+        if user_schema is not None and user_schema.name != _TASK_SCHEMA_NAME:
+            return False
+        return self.llm.supports_structured_output()
+
     # -- the step ---------------------------------------------------------------------
 
     @property
@@ -63,6 +105,9 @@ class Task(Step):
         return [*self.task_outputs, "model_name", METADATA_COLUMN]
 
     def load(self) -> None:
+        if self.uses_structured_output and self.llm.structured_output is None:  # the worker's own copy
+            schema = self.get_structured_output()
+            self.llm.structured_output = StructuredOutput(json_schema=schema, name=_TASK_SCHEMA_NAME)
         self.llm.share_limits(self.resources.replicas)  # the endpoint's limits hold for all replicas together
         self.llm.load()
         cache_for(self.llm, read=self.use_cache)  # index the stored answers now, not on the first batch
