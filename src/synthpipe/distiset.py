@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from synthpipe import _compat
+
 FAILED_ROWS_FILE = "failed_rows.jsonl"
 
 
@@ -83,3 +85,7 @@ class Distiset(dict):
         )
         failed = f", failed_rows={len(self.failed_rows)}" if self.failed_rows else ""
         return f"Distiset({{{inner}}}{failed})"
+
+
+# distilabel names this module lacks (create_distiset): what to use instead (synthpipe/_compat.py)
+__getattr__, __dir__ = _compat.install(__name__, globals())

@@ -12,13 +12,37 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from synthpipe import _compat
+
 
 class SynthpipeError(Exception):
     """Base class of every error synthpipe raises on its own."""
 
 
+class SynthpipeUserError(SynthpipeError, ValueError):
+    """Something the user gave is wrong (distilabel's ``DistilabelUserError``); ``page`` names a
+    documentation page, as distilabel's does."""
+
+    def __init__(self, message: str = "", *, page: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.page = page
+
+
+class SynthpipeTypeError(SynthpipeError, TypeError):
+    """A value of the wrong type (distilabel's ``DistilabelTypeError``)."""
+
+
+class SynthpipeNotImplementedError(SynthpipeError, NotImplementedError):
+    """A method a subclass must define (distilabel's ``DistilabelNotImplementedError``)."""
+
+
 class PipelineDefinitionError(SynthpipeError, ValueError):
     """A pipeline was built wrongly (raised at once, while it is being defined)."""
+
+
+class PipelineFileError(SynthpipeError, ValueError):
+    """A pipeline file cannot be written or read: what is wrong, where, and what to do."""
 
 
 RUN_IN_WORKER_EXIT_CODE = 87
@@ -213,3 +237,7 @@ def trim_internal_frames(exc: BaseException, package_dir: str) -> BaseException:
     if tb is not None:
         exc.__traceback__ = tb
     return exc
+
+
+# distilabel's error names (DistilabelUserError...): the synthpipe class each one is (synthpipe/_compat.py)
+__getattr__, __dir__ = _compat.install(__name__, globals())

@@ -31,7 +31,9 @@ def __getattr__(name: str) -> object:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'synthpipe.models' has no attribute {name!r}")
+    from synthpipe import _compat  # distilabel names: what they are here, or what to use instead
+
+    return _compat.resolve(__name__, name)
 
 
 __all__ = [

@@ -13,6 +13,7 @@ class DAG:
         self.nodes: dict[str, Any] = {}
         self._succ: dict[str, list[str]] = {}
         self._pred: dict[str, list[str]] = {}
+        self._edges: list[tuple[str, str]] = []  # in the order they were added (pipeline files replay it)
 
     def add_node(self, name: str, value: Any) -> None:
         self.nodes[name] = value
@@ -23,6 +24,12 @@ class DAG:
         if dst not in self._succ[src]:
             self._succ[src].append(dst)
             self._pred[dst].append(src)
+            self._edges.append((src, dst))
+
+    def edges(self) -> list[tuple[str, str]]:
+        """Every edge, in the order added: replaying them gives each step the same predecessor
+        and successor order."""
+        return list(self._edges)
 
     def successors(self, name: str) -> list[str]:
         return list(self._succ[name])

@@ -1,5 +1,6 @@
 """Step classes, the ``@step`` decorator and built-in steps."""
 
+from synthpipe import _compat
 from synthpipe.steps.base import (
     GeneratorStep,
     GeneratorStepOutput,
@@ -29,3 +30,6 @@ __all__ = [
     "StepResult",
     "step",
 ]
+
+# distilabel names this package lacks: what they are here, or what to use instead (synthpipe/_compat.py)
+__getattr__, __dir__ = _compat.install(__name__, globals())

@@ -1,0 +1,1 @@
+"""distilabel's ``distilabel.mixins`` path; synthpipe needs no mixins (see ``runtime_parameters``)."""

@@ -1,0 +1,6 @@
+"""The LLM backends at distilabel's ``distilabel.models.llms`` path; each backend module is imported only when its class is asked for."""
+
+from synthpipe import _compat
+
+__all__ = _compat.available(__name__)
+__getattr__, __dir__ = _compat.install(__name__, globals())

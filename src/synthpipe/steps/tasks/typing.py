@@ -1,0 +1,6 @@
+"""distilabel's older ``distilabel.steps.tasks.typing`` path: the chat types (see ``synthpipe.typing``)."""
+
+from synthpipe import _compat
+
+__all__ = _compat.available(__name__)
+__getattr__, __dir__ = _compat.install(__name__, globals())
