@@ -1,4 +1,5 @@
-"""``RuntimeParameter`` at distilabel's path: annotate a step's or model's field with it to set it at ``pipeline.run(parameters=...)``."""
+"""``RuntimeParameter`` at distilabel's path: annotate a step's or model's field with it, and
+``pipeline.run(parameters=...)`` can set it."""
 
 from synthpipe import _compat
 

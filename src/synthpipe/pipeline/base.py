@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextvars
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from synthpipe.errors import RUN_IN_WORKER_EXIT_CODE, RUN_IN_WORKER_MESSAGE, PipelineDefinitionError
 from synthpipe.pipeline.dag import DAG
@@ -83,6 +85,50 @@ class Pipeline:
         if src == dst:
             raise PipelineDefinitionError(f"step '{src}' cannot feed itself")
         self.dag.add_edge(src, dst)
+
+    # -- pipeline files -------------------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        """The pipeline as plain data: every step's class and fields, and the connections
+        (secrets left out). ``Pipeline.from_dict`` builds it again."""
+        from synthpipe.pipeline.serialization import dump_pipeline
+
+        return dump_pipeline(self)
+
+    def save(self, path: str | os.PathLike[str], format: Literal["yaml", "json"] | None = None) -> Path:
+        """Write the pipeline file: YAML, or JSON when ``format="json"`` or the path ends in
+        ``.json``. Secrets are never written (see README, "Pipeline files")."""
+        from synthpipe.pipeline.serialization import save_pipeline
+
+        return save_pipeline(self, path, format)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, allow_custom: bool | Iterable[str] = False) -> Pipeline:
+        """The pipeline a ``dump()`` describes. Classes outside synthpipe are imported only
+        when allowed: ``allow_custom=True``, or the module names to trust (``["my_steps"]``)."""
+        from synthpipe.pipeline.serialization import pipeline_from_dict
+
+        return pipeline_from_dict(cls, data, allow_custom, "the pipeline data")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], *, allow_custom: bool | Iterable[str] = False) -> Pipeline:
+        """Load a pipeline file, YAML or JSON (told by its suffix, else by its content)."""
+        return cls._from_file(path, None, allow_custom)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], *, allow_custom: bool | Iterable[str] = False) -> Pipeline:
+        return cls._from_file(path, "yaml", allow_custom)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike[str], *, allow_custom: bool | Iterable[str] = False) -> Pipeline:
+        return cls._from_file(path, "json", allow_custom)
+
+    @classmethod
+    def _from_file(cls, path: str | os.PathLike[str], fmt: Literal["yaml", "json"] | None,
+                   allow_custom: bool | Iterable[str]) -> Pipeline:
+        from synthpipe.pipeline.serialization import pipeline_from_dict, read_file
+
+        return pipeline_from_dict(cls, read_file(path, fmt), allow_custom, f"pipeline file {str(path)!r}")
 
     # -- running --------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The LLM backends at distilabel's ``distilabel.models.llms`` path; each backend module is imported only when its class is asked for."""
+"""The LLM backends at distilabel's ``distilabel.models.llms`` path; each backend's module is
+imported only when its class is asked for."""
 
 from synthpipe import _compat
 
