@@ -36,6 +36,12 @@ def __getattr__(name: str) -> object:
     return _compat.resolve(__name__, name)
 
 
+def __dir__() -> list[str]:
+    from synthpipe import _compat
+
+    return sorted({*globals(), *_LAZY, *_compat.available(__name__)})
+
+
 __all__ = [
     *_LAZY,
     "LLM",
