@@ -154,6 +154,7 @@ def test_the_distilabel_paths_stay_light():
         "'datasets', 'yaml')\n"
         "print([m for m in heavy if m in sys.modules])\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": python_path()},
-                         timeout=120, check=True)
+    env = {**os.environ, "PYTHONPATH": python_path()}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                         check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
