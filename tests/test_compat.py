@@ -12,6 +12,9 @@ import pytest
 
 from conftest import python_path
 from synthpipe import _compat
+from synthpipe.models.llms import OpenAILLM as PortedLLM
+from synthpipe.steps import StepInput, step
+from synthpipe.typing import StepOutput
 
 # distilabel 1.5's public names, by module (its __init__ files and the paths its docs import from).
 DISTILABEL = {
@@ -158,3 +161,29 @@ def test_the_distilabel_paths_stay_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
                          check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# A pipeline written as distilabel's documentation writes one, with only the prefix changed.
+@step(inputs=["generation"], outputs=["words"])
+def CountWords(inputs: StepInput) -> StepOutput:
+    for row in inputs:
+        row["words"] = len(row["generation"].split())
+    yield inputs
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.usefixtures("no_leftover_workers")
+def test_a_pipeline_written_for_distilabel_runs_with_the_prefix_changed(server):
+    from synthpipe.pipeline import Pipeline
+    from synthpipe.steps import LoadDataFromDicts
+    from synthpipe.steps.tasks import TextGeneration
+
+    with Pipeline(name="ported") as pipeline:
+        load = LoadDataFromDicts(data=[{"instruction": f"Tell me about {x}"} for x in ("tides", "owls", "rust")])
+        generate = TextGeneration(llm=PortedLLM(model="test-model", base_url=server.base_url, api_key="k"))
+        count = CountWords()
+        load >> generate >> count
+    distiset = pipeline.run(parameters={generate.name: {"llm": {"generation_kwargs": {"temperature": 0.7}}}})
+    rows = distiset["default"]["train"].to_list()
+    assert len(rows) == 3 and all(row["words"] == len(row["generation"].split()) > 0 for row in rows)
+    assert all(f"raw_output_{generate.name}" in row["synthpipe_metadata"] for row in rows)

@@ -18,6 +18,7 @@ import synthpipe.models
 import synthpipe.steps
 import synthpipe.steps.tasks
 from steps_lib import Counting, CountingGenerator, CrashOnce, Join, Measure, Upper
+from synthpipe import _compat
 from synthpipe.errors import PipelineFileError
 from synthpipe.models import LLM, Embeddings, OpenAILLM
 from synthpipe.pipeline import Pipeline, serialization
@@ -59,10 +60,11 @@ def _fields(model: BaseModel) -> dict[str, Any]:
 
 
 def _exported(module: Any, base: type) -> list[type]:
+    """What a module exports: its ``__all__`` and the distilabel names it resolves (_compat)."""
     found = []
-    for name in module.__all__:
+    for name in dict.fromkeys([*module.__all__, *_compat.available(module.__name__)]):
         obj = getattr(module, name)
-        if isinstance(obj, type) and issubclass(obj, base) and name not in ABSTRACT:
+        if isinstance(obj, type) and issubclass(obj, base) and name not in ABSTRACT and obj not in found:
             found.append(obj)
     return found
 
@@ -104,8 +106,8 @@ BUILT_IN = (
 
 def test_the_built_in_classes_are_found():
     names = {c.__name__ for c, _ in BUILT_IN}
-    assert {"LoadDataFromDicts", "TextGeneration", "ChatGeneration", "OpenAILLM", "TransformersLLM",
-            "SentenceTransformerEmbeddings"} <= names
+    assert {"LoadDataFromDicts", "EmbeddingGeneration", "TextGeneration", "ChatGeneration", "OpenAILLM",
+            "TransformersLLM", "SentenceTransformerEmbeddings"} <= names
 
 
 @pytest.mark.parametrize(("cls", "kind"), BUILT_IN, ids=[c.__name__ for c, _ in BUILT_IN])
