@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import subprocess
 import sys
 import typing
 from pathlib import Path
@@ -17,6 +19,7 @@ from pydantic import BaseModel, SecretStr
 import synthpipe.models
 import synthpipe.steps
 import synthpipe.steps.tasks
+from conftest import python_path
 from steps_lib import Counting, CountingGenerator, CrashOnce, Join, Measure, Upper
 from synthpipe import _compat
 from synthpipe.errors import PipelineFileError
@@ -164,6 +167,47 @@ def test_parameters_mappings_resources_policies_and_data_round_trip(fmt, tmp_pat
     assert (loaded.name, loaded.description, loaded.max_rows_in_flight, loaded.stop_grace_seconds) == (
         "rich", "all kinds of fields", 500, 3.0)
     assert Pipeline.from_dict(pipeline.dump(), allow_custom=True).dump() == pipeline.dump()
+
+
+class Answer(BaseModel):
+    verdict: str
+
+
+class WithSchema(Step):
+    """A step whose parameter is a class (as a task's answer schema may be)."""
+
+    schema_class: type[BaseModel] = Answer
+    options: dict[str, Any] = {}
+
+
+def test_classes_as_parameters_round_trip_and_marker_keys_stay_data(tmp_path):
+    with Pipeline(name="classes") as pipeline:
+        WithSchema(name="s", options={"__class__": "os:system", "__model__": {"__dict__": 1}, "n": [1]})
+    with pytest.raises(PipelineFileError, match="test_pipeline_files:WithSchema comes from outside synthpipe"):
+        Pipeline.from_dict(pipeline.dump())
+    loaded = _round_trip(pipeline, tmp_path, allow_custom=["test_pipeline_files"])
+    assert loaded.steps["s"].schema_class is Answer
+    assert loaded.steps["s"].options == {"__class__": "os:system", "__model__": {"__dict__": 1}, "n": [1]}
+
+
+def test_a_script_that_saves_a_step_of_its_own_is_told_how_to_fix_it(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from synthpipe.pipeline import Pipeline\n"
+        "from synthpipe.steps import StepInput, step\n"
+        "@step(inputs=['x'], outputs=['x'])\n"
+        "def Shout(inputs: StepInput):\n"
+        "    yield inputs\n"
+        "with Pipeline(name='script') as pipeline:\n"
+        "    Shout()\n"
+        "pipeline.save('out.yaml')\n")
+    env = {**os.environ, "PYTHONPATH": python_path()}
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 1
+    assert ("PipelineFileError: step 'shout_0': class Shout is defined in __main__ (a script run directly, or a "
+            "notebook)") in out.stderr and "move it into a module of its own" in out.stderr
+    assert not (tmp_path / "out.yaml").exists()
 
 
 # -- the loaded pipeline finds the original's results ----------------------------------

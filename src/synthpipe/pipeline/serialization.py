@@ -40,7 +40,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 """format N -> a function taking a format-N document and returning a format-(N+1) one."""
 
 PIPELINE_FIELDS = ("name", "description", "cache_dir", "max_rows_in_flight", "stop_grace_seconds")
-_MODEL, _DICT = "__model__", "__dict__"  # markers: a pydantic model; a plain dict holding a marker key
+_MODEL, _TYPE, _DICT = "__model__", "__class__", "__dict__"  # markers: a model, a class, a dict holding a marker
 _SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie"})
 
 AllowCustom = Union[bool, Iterable[str]]
@@ -97,7 +97,7 @@ def class_path(cls: type, where: str) -> str:
     module, qualname = cls.__module__, cls.__qualname__
     fix = ("move it into a module of its own (e.g. my_steps.py, importable from where the pipeline is loaded) "
            "and import it from there")
-    if module in ("__main__", "__mp_main__", "builtins") or module.startswith("__"):
+    if module.startswith("__"):  # __main__, __mp_main__
         raise PipelineFileError(
             f"{where}: class {qualname} is defined in {module} (a script run directly, or a notebook), which "
             f"cannot be imported again to load the file; {fix}")
@@ -143,12 +143,14 @@ def _encode(value: Any, where: str, left_out: list[str]) -> Any:
         raise PipelineFileError(f"{where}: holds a secret inside a container; pipeline files never hold secrets")
     if isinstance(value, BaseModel):
         return {_MODEL: class_path(type(value), where), "params": _encode_fields(value, where, left_out)}
+    if isinstance(value, type):  # a class as a parameter (a pydantic model as an answer's schema, say)
+        return {_TYPE: class_path(value, where)}
     if isinstance(value, dict):
         bad = [k for k in value if not isinstance(k, str)]
         if bad:
             raise PipelineFileError(f"{where}: dict key {bad[0]!r} is not a string; pipeline files hold string keys")
         encoded = {str.__str__(k): _encode(v, f"{where}.{k}", left_out) for k, v in value.items()}
-        return {_DICT: encoded} if (_MODEL in encoded or _DICT in encoded) else encoded
+        return {_DICT: encoded} if {_MODEL, _TYPE, _DICT} & encoded.keys() else encoded
     if isinstance(value, (list, tuple)):
         return [_encode(v, f"{where}[{i}]", left_out) for i, v in enumerate(value)]
     from pydantic_core import PydanticSerializationError, to_jsonable_python
@@ -320,6 +322,8 @@ def _decode(value: Any, where: str, allowed: Callable[[str], bool]) -> Any:
             return cls(**{k: _decode(v, f"{where}.{k}", allowed) for k, v in params.items()})
         except (ValidationError, TypeError, ValueError) as exc:
             raise PipelineFileError(f"{where} ({value[_MODEL]}) cannot be built from the file: {exc}") from None
+    if _TYPE in value and len(value) == 1:
+        return resolve_class(value[_TYPE], allowed, object, where)
     if _DICT in value and len(value) == 1 and isinstance(value[_DICT], dict):
         value = value[_DICT]
     return {k: _decode(v, f"{where}.{k}", allowed) for k, v in value.items()}
@@ -343,7 +347,7 @@ def resolve_class(path: Any, allowed: Callable[[str], bool], base: type, where: 
     except AttributeError:
         raise PipelineFileError(f"{where}: module {module} has no class {qualname}") from None
     if not (isinstance(found, type) and issubclass(found, base)):
-        kind = "step class" if base is not BaseModel else "pydantic model class"
+        kind = {BaseModel: "pydantic model class", object: "class"}.get(base, "step class")
         raise PipelineFileError(f"{where}: {path} is not a {kind}")
     return found
 

@@ -21,6 +21,8 @@ NOT_IN_SIGNATURE = frozenset({
 
 def stable_form(value: Any) -> Any:
     """A JSON-able form of a field value that does not depend on object addresses."""
+    if isinstance(value, type):  # a class as a value (a model class has model_dump too, unbound)
+        return f"class {value.__module__}.{value.__qualname__}"
     if hasattr(value, "signature_fields"):  # a model: only what changes its output, never a key
         return {"__class__": f"{type(value).__module__}.{type(value).__qualname__}",
                 **{k: stable_form(v) for k, v in value.signature_fields().items()}}
