@@ -418,6 +418,8 @@ def test_an_older_format_is_migrated_or_refused(monkeypatch):
      "cannot feed itself"),
     ({**_document("synthpipe.steps.generators.data:LoadDataFromDicts"), "pipeline": {
         "name": "p", "no_such_setting": 1, "steps": []}}, None),
+    ({serialization.FORMAT_KEY: 1, "pipeline": {"name": "../../elsewhere", "steps": []}}, "must be a plain name"),
+    ({serialization.FORMAT_KEY: 1, "pipeline": {"name": 3, "steps": []}}, "must be a plain name"),
 ])
 def test_a_broken_file_is_a_clear_error(document, message):
     if message is None:  # unknown pipeline settings are ignored, as a newer minor version may add some

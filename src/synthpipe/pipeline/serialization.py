@@ -238,6 +238,10 @@ def pipeline_from_dict(cls: type[Pipeline], data: Any, allow_custom: AllowCustom
     body = _current_format(data, source)
     allowed = _allowed(allow_custom)
     kwargs = {field: body[field] for field in PIPELINE_FIELDS if field in body}
+    name = kwargs.get("name", "pipeline")
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\\0") or name in (".", ".."):
+        raise PipelineFileError(f"{source}: the pipeline's name {name!r} must be a plain name (it names a folder "
+                                "of the cache), without '/' or '\\'")
     try:
         pipeline = cls(**kwargs)
     except TypeError as exc:
