@@ -253,20 +253,21 @@ def test_a_loaded_pipeline_resumes_the_original_and_returns_its_result(tmp_path,
 
 def test_secrets_never_reach_the_file_and_come_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    secrets = ["sk-openai-123456", "hunter2", "Bearer tok-987", "sk-ant-abcdef", "hf_token_555"]
+    secrets = ["sk-openai-123456", "hunter2", "Bearer tok-987", "sk-ant-abcdef", "hf_token_555", "hf_kw_777"]
     with Pipeline(name="secret") as pipeline:
         data = LoadDataFromDicts(data=[{"instruction": "hi"}])
         task = TextGeneration(name="task", llm=OpenAILLM(
             model="m", api_key=secrets[0], base_url="http://me:hunter2@127.0.0.1:9/v1",
             default_headers={"Authorization": secrets[2], "X-Trace": "keep"}))
         claude = TextGeneration(name="claude", llm=synthpipe.models.AnthropicLLM(model="c", api_key=secrets[3]))
-        local = TextGeneration(name="local", llm=synthpipe.models.TransformersLLM(model="tiny", token=secrets[4]))
+        local = TextGeneration(name="local", llm=synthpipe.models.TransformersLLM(
+            model="tiny", token=secrets[4], model_kwargs={"token": secrets[5], "low_cpu_mem_usage": True}))
         data >> [task, claude, local]
     for fmt in ("yaml", "json"):
         text = pipeline.save(tmp_path / f"p.{fmt}", format=fmt).read_text()
         for secret in secrets:
             assert secret not in text
-        assert "X-Trace" in text
+        assert "X-Trace" in text and "low_cpu_mem_usage" in text
     entry = next(s for s in pipeline.dump()["pipeline"]["steps"] if s["name"] == "task")
     assert entry["secrets_left_out"] == ["llm.api_key", "llm.base_url", "llm.default_headers.Authorization"]
 

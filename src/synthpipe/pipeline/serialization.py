@@ -42,6 +42,8 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 PIPELINE_FIELDS = ("name", "description", "cache_dir", "max_rows_in_flight", "stop_grace_seconds")
 _MODEL, _TYPE, _DICT = "__model__", "__class__", "__dict__"  # markers: a model, a class, a dict holding a marker
 _SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie"})
+_SENSITIVE_KWARGS = frozenset({"api_key", "apikey", "token", "hf_token", "access_token", "auth_token", "password",
+                               "secret", "client_secret"})
 
 AllowCustom = Union[bool, Iterable[str]]
 Format = Literal["yaml", "json"]
@@ -128,8 +130,9 @@ def _encode_fields(model: BaseModel, where: str, left_out: list[str], skip: Iter
         if isinstance(value, str) and _has_userinfo(value):
             left_out.append(here.split(".", 1)[1])
             continue
-        if isinstance(value, dict) and "header" in name:
-            sensitive = [k for k in value if str(k).lower() in _SENSITIVE_HEADERS]
+        if isinstance(value, dict):  # headers, or engine kwargs holding a token (model_kwargs={"token": ...})
+            names = _SENSITIVE_HEADERS if "header" in name else _SENSITIVE_KWARGS
+            sensitive = [k for k, v in value.items() if str(k).lower() in names and isinstance(v, (str, SecretStr))]
             left_out.extend(f"{here.split('.', 1)[1]}.{k}" for k in sensitive)
             value = {k: v for k, v in value.items() if k not in sensitive}
         params[name] = _encode(value, here, left_out)
