@@ -39,6 +39,7 @@ from synthpipe.errors import (
     WorkerDied,
 )
 from synthpipe.runtime import messages as m
+from synthpipe.runtime import shipping
 from synthpipe.runtime.scheduler import (
     REPLAY,
     Action,
@@ -253,7 +254,7 @@ class LocalExecutor:
     @staticmethod
     def _payload(name: str, step: Any) -> bytes:
         try:
-            return cloudpickle.dumps(step)
+            return shipping.dumps(step)  # the user's file names and lines go along
         except Exception as exc:
             culprit = next((f for f in type(step).model_fields if not _picklable(getattr(step, f, None))), None)
             where = f": field '{culprit}' holds a {type(getattr(step, culprit)).__qualname__}" if culprit else ""
