@@ -188,6 +188,15 @@ class UnpicklableOutput(SynthpipeError):
     """A step produced a value that cannot be sent to another process."""
 
 
+class ColumnTypeClash(SynthpipeError, TypeError):
+    """A row's value cannot share its result column's type with the other rows (an int
+    among strings): the row is set aside in the failed rows, the rest of the result kept."""
+
+
+class StepOutputError(SynthpipeError, TypeError):
+    """A step gave back something else than rows in the shape its kind promises."""
+
+
 class StepTimeout(SynthpipeError):
     """A batch ran longer than its step's ``timeout``; its worker was killed."""
 
