@@ -110,7 +110,7 @@ class ErrorRecord:
             message=str(exc),
             traceback="".join(traceback.format_exception(exc)),
             original=_round_trip(exc),
-            retryable=not isinstance(exc, UnpicklableOutput),
+            retryable=not isinstance(exc, (UnpicklableOutput, StepOutputError)),
             **where,
         )
 
