@@ -131,6 +131,8 @@ class ErrorRecord:
             parts.append(f"replica {self.replica}")
         if self.phase == "load":
             parts.append("in load()")
+        elif self.phase == "import":
+            parts.append("while importing the script")
         if self.batch is not None:
             parts.append(f"batch {self.batch}")
         if self.rows is not None:

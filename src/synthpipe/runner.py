@@ -28,6 +28,7 @@ from synthpipe.store.pipeline_store import SYNC_EVERY_SECONDS, PipelineStore
 from synthpipe.store.responses import ResponseLog
 from synthpipe.store.run_dir import RunDirectory, structure_signature
 from synthpipe.store.signature import combined_signature, plan_signatures
+from synthpipe.ui.errors import describe_failure, log_failure
 from synthpipe.ui.logs import RunLogging, level_from_env
 from synthpipe.ui.progress import Progress
 
@@ -242,6 +243,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
         logger.info("synthpipe: resuming: %d batch(es) finished by earlier runs are reused, not recomputed", reused)
     outcome = "stopped"
     interrupted: RunInterrupted | None = None
+    failure: BaseException | None = None
     with signals:  # also while the run is wound up: a Ctrl+C then must not tear a file in half
         try:
             executor.run()
@@ -252,7 +254,8 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
             outcome = str(exc)
         except BaseException as exc:
             outcome = f"stopped: {exc}" if str(exc) else f"stopped ({type(exc).__name__})"
-            raise
+            failure = exc
+            log_failure(exc)
         finally:
             progress.stop()
             try:
@@ -273,9 +276,13 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
             signum = signals.received[0]
             interrupted = RunInterrupted(signum, f"stopped by {signal.Signals(signum).name}")
     if interrupted is not None:
+        if failure is not None:  # the run failed, and a signal came as it shut down: both are said
+            logger.error("synthpipe: the run had failed before the signal came:\n%s", describe_failure(failure))
         if interrupted.signum == signal.SIGINT:
             raise KeyboardInterrupt(str(interrupted)) from None
         raise SystemExit(128 + interrupted.signum)
+    if failure is not None:
+        raise failure
     files = {leaf: writer.files(leaf) for leaf in leaves}
     if not durable:
         return Distiset.from_leaf_files(files, read_failed_rows(run_dir.failed_rows_path), run_dir=run_dir.path)

@@ -38,8 +38,8 @@ from synthpipe.errors import (
     SynthpipeError,
     WorkerDied,
 )
+from synthpipe.runtime import main_import, shipping
 from synthpipe.runtime import messages as m
-from synthpipe.runtime import shipping
 from synthpipe.runtime.scheduler import (
     REPLAY,
     Action,
@@ -57,7 +57,7 @@ from synthpipe.runtime.scheduler import (
     Scheduler,
 )
 from synthpipe.runtime.signals import StopSignals
-from synthpipe.runtime.worker import worker_main
+from synthpipe.runtime.worker import MAIN_MODULE, worker_main
 
 logger = logging.getLogger("synthpipe.runtime")
 
@@ -224,6 +224,7 @@ class LocalExecutor:
         outcome: bool | None = None
         try:
             self._payloads = {name: self._payload(name, step) for name, step in self.steps.items()}
+            self.worker_context.setdefault(MAIN_MODULE, main_import.main_to_import())
             self._start_workers()
             outcome = self._loop()
         finally:
@@ -286,7 +287,8 @@ class LocalExecutor:
         )
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            process.start()
+            with main_import.hidden_main():  # the worker imports it itself, reporting what goes wrong
+                process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child_conn.close()
