@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -221,3 +222,61 @@ with Pipeline(name="shape-skip") as pipeline:
     assert [r["a"] for r in result["rows"]] == [0, 1, 2, 3, 4]
     assert sorted(e["data"]["a"] for e in result["failed"]) == [5, 6, 7, 8, 9]
     assert all("step 'shaped': process() yielded one row" in e["message"] for e in result["failed"])
+
+
+SLOW_MIXED = """
+import time
+
+
+@step(inputs=["a"], outputs=["b"])
+def Mixed(inputs: StepInput):
+    for row in inputs:
+        row["b"] = 123 if row["a"] in (3, 7) else f"text {row['a']}"
+    time.sleep(0.3)
+    print("DONE", ",".join(str(row["a"]) for row in inputs), flush=True)
+    yield inputs
+
+
+with Pipeline(name="mixed-resume", stop_grace_seconds=30) as pipeline:
+    LoadDataFromDicts(data=DATA, batch_size=2) >> Mixed(name="mixed", input_batch_size=2)
+"""
+
+
+def test_a_set_aside_row_is_kept_once_when_an_interrupted_run_resumes(tmp_path):
+    script = tmp_path / "shape_pipeline.py"
+    script.write_text(HEADER + SLOW_MIXED + FOOTER)
+    env = {**os.environ, "PYTHONPATH": python_path(Path(__file__).parent), "SYNTHPIPE_PROGRESS": "0",
+           "SYNTHPIPE_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("DONE") and "3" in line.split()[1].split(","):
+                break
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143
+    done, result = _run(tmp_path, SLOW_MIXED)
+    assert done.returncode == 0, done.stderr
+    assert [r["a"] for r in result["rows"]] == [0, 1, 2, 4, 5, 6, 8, 9]
+    assert sorted(e["data"]["a"] for e in result["failed"]) == [3, 7]
+
+
+def test_retry_failed_leaves_set_aside_rows_alone(tmp_path):
+    _run(tmp_path, MIXED)
+    script = tmp_path / "retry.py"
+    script.write_text(HEADER + MIXED + FOOTER.replace("pipeline.run()", "pipeline.run(retry_failed=True)"))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=90, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": python_path(Path(__file__).parent), "SYNTHPIPE_PROGRESS": "0",
+             "SYNTHPIPE_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no failed rows to retry" in done.stderr
+    result = json.loads(next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT "):])
+    assert len(result["rows"]) == 8 and len(result["failed"]) == 2
