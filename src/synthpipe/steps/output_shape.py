@@ -49,6 +49,8 @@ def _chunk_rows(step: str, chunk: Any, number: int) -> list[dict[str, Any]]:
     if not isinstance(chunk, (list, tuple)):
         raise StepOutputError(f"step '{step}': process() yielded {_a(chunk)} as its output number {number}, "
                               "where a list of rows (dicts) was expected")
+    if all(type(row) is dict for row in chunk):
+        return list(chunk)
     for i, row in enumerate(chunk):
         if not isinstance(row, dict):
             raise StepOutputError(f"step '{step}': process() yielded a list whose item {i} is {_a(row)}, "
@@ -78,13 +80,12 @@ def generator_batches(step: str, produced: Any) -> Iterator[tuple[list[dict[str,
 
 def check_rows(step: str, rows: list[dict[str, Any]], declared: dict[str, bool]) -> None:
     """Column names are strings, and each required declared column is written by the batch."""
-    for i, row in enumerate(rows):
-        for key in row:
-            if not isinstance(key, str):
-                raise StepOutputError(f"step '{step}': output row {i} has a column named {key!r} ({_a(key)}); "
-                                      "column names must be strings")
     if not rows:
         return
+    if not all(isinstance(key, str) for key in set().union(*rows)):  # the rare case is then found row by row
+        i, key = next((i, k) for i, row in enumerate(rows) for k in row if not isinstance(k, str))
+        raise StepOutputError(f"step '{step}': output row {i} has a column named {key!r} ({_a(key)}); "
+                              "column names must be strings")
     missing = [c for c, required in declared.items() if required and not any(c in row for row in rows)]
     if missing:
         names = ", ".join(repr(c) for c in missing)
