@@ -134,7 +134,7 @@ class ErrorRecord:
             message=str(exc),
             traceback="".join(traceback.format_exception(exc)),
             original=_round_trip(exc),
-            retryable=not isinstance(exc, UnpicklableOutput),
+            retryable=not isinstance(exc, (UnpicklableOutput, StepOutputError)),
             **where,
         )
 
@@ -155,6 +155,8 @@ class ErrorRecord:
             parts.append(f"replica {self.replica}")
         if self.phase == "load":
             parts.append("in load()")
+        elif self.phase == "import":
+            parts.append("while importing the script")
         if self.batch is not None:
             parts.append(f"batch {self.batch}")
         if self.rows is not None:
@@ -210,6 +212,15 @@ class WorkerDied(SynthpipeError):
 
 class UnpicklableOutput(SynthpipeError):
     """A step produced a value that cannot be sent to another process."""
+
+
+class ColumnTypeClash(SynthpipeError, TypeError):
+    """A row's value cannot share its result column's type with the other rows (an int
+    among strings): the row is set aside in the failed rows, the rest of the result kept."""
+
+
+class StepOutputError(SynthpipeError, TypeError):
+    """A step gave back something else than rows in the shape its kind promises."""
 
 
 class StepTimeout(SynthpipeError):

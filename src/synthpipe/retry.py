@@ -42,6 +42,7 @@ class RetryRows(LoadDataFromDicts):
 def failing_steps(plan: Plan, failed: list[dict[str, Any]]) -> list[str]:
     """Steps with failed rows, in pipeline order; refuse, before anything runs, what cannot
     be retried row by row."""
+    failed = [e for e in failed if e.get("retryable", True)]  # a row the result cannot hold: rerunning changes nothing
     steps = [name for name in plan.order if any(e.get("step") == name for e in failed)]
     problems = []
     for name in steps:
@@ -129,7 +130,8 @@ def retry_failed_rows(
         passes = [(step, 1 + sum(1 for s, _ in done if s == step)) for step in steps]
     order = {name: i for i, name in enumerate(plan.order)}
     for step, attempt in passes:
-        pending = sorted((e for e in failed if e.get("step") == step), key=lambda e: (e["key"], e.get("row", 0)))
+        pending = sorted((e for e in failed if e.get("step") == step and e.get("retryable", True)),
+                         key=lambda e: (e["key"], e.get("row", 0)))
         if not pending:
             continue
         sub = retry_plan(plan, step, pending, attempt)
@@ -147,7 +149,7 @@ def retry_failed_rows(
             entry["key"] = keys[entry["key"]] if entry.get("key") is not None else None
             entry["retry_run"] = sub_dir.name
             again.append(entry)
-        failed = [e for e in failed if e.get("step") != step] + again
+        failed = [e for e in failed if e.get("step") != step or not e.get("retryable", True)] + again
         failed.sort(key=lambda e: (order.get(e.get("step"), 0), e.get("key") or 0, e.get("row", 0)))
         run_dir, leaves = _merge(store, pipeline_signature, run_dir, leaves, sub_dir, sub_leaves, keys, failed)
         if new_passes:

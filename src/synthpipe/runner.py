@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from synthpipe.distiset import Distiset
-from synthpipe.errors import RunInterrupted
+from synthpipe.errors import ColumnTypeClash, ErrorRecord, RunInterrupted
 from synthpipe.models.cache import RESPONSE
 from synthpipe.pipeline.plan import Plan, build_plan
 from synthpipe.retry import reapply, retry_failed_rows
@@ -23,16 +23,16 @@ from synthpipe.runtime.signals import StopSignals
 from synthpipe.runtime.worker import STORE_BATCHES
 from synthpipe.store import batch_format
 from synthpipe.store.failed_rows import FailedRowsLedger, read_failed_rows, write_failed_rows
-from synthpipe.store.leaf_writer import LeafWriter
+from synthpipe.store.leaf_writer import LeafWriter, Misfit
 from synthpipe.store.pipeline_store import SYNC_EVERY_SECONDS, PipelineStore
 from synthpipe.store.responses import ResponseLog
 from synthpipe.store.run_dir import RunDirectory, structure_signature
 from synthpipe.store.signature import combined_signature, plan_signatures
+from synthpipe.ui.errors import describe_failure, log_failure
 from synthpipe.ui.logs import RunLogging, level_from_env
 from synthpipe.ui.progress import Progress
 
 if TYPE_CHECKING:
-    from synthpipe.errors import ErrorRecord
     from synthpipe.pipeline.base import Pipeline
 
 logger = logging.getLogger("synthpipe")
@@ -155,9 +155,24 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
                     durable: bool, run_dir: RunDirectory, read_responses: bool = True) -> Distiset:
     run_id = run_dir.run_id
     leaves = plan.dag.leaves()
-    writer = LeafWriter(run_dir.data_dir, leaves)
     ledger = FailedRowsLedger(store.failed_rows_path if durable else run_dir.failed_rows_path)
     stored = store.finished_batches(signatures) if durable else {}
+
+    def misfits(step: str, found: list[Misfit]) -> None:
+        """Leaf rows whose value cannot share its column's type: failed rows, not a lost result."""
+        for row, key, seq, why in found:
+            batch = stored.get(step, {}).get(seq) if seq is not None else None  # replayed: its run's entry
+            error = ErrorRecord.from_diagnosis(ColumnTypeClash(f"step '{step}' produced a row that the result "
+                                                               f"cannot hold: {why}"), step=step, batch=seq)
+            error.retryable = False
+            ledger.record(step, -1 if seq is None else seq, key, [[row]], error, keys=[[key]],
+                          sig=signatures[step], run=batch.run if batch is not None else run_id, retryable=False)
+            if (step, why.split(" holds")[0]) not in warned:
+                warned.add((step, why.split(" holds")[0]))
+                logger.warning("step '%s' produced a row its result column cannot hold (kept in the failed rows; "
+                               "further ones only in the log file): %s", step, why)
+
+    writer = LeafWriter(run_dir.data_dir, leaves, on_misfit=misfits)
     scheduler = Scheduler(
         step_specs(plan, dry_run=not durable),
         max_rows_in_flight=pipeline.max_rows_in_flight,
@@ -204,7 +219,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
             synced[0] = time.monotonic()
 
     hooks = ExecutorHooks(
-        on_emit=lambda step, seq, rows, keys: writer.write(step, rows, keys),
+        on_emit=lambda step, seq, rows, keys: writer.write(step, rows, keys, seq),
         on_rows_failed=rows_failed,
         on_persist=persist,
         on_flush=store.flush if durable else (lambda: None),
@@ -228,6 +243,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
         logger.info("synthpipe: resuming: %d batch(es) finished by earlier runs are reused, not recomputed", reused)
     outcome = "stopped"
     interrupted: RunInterrupted | None = None
+    failure: BaseException | None = None
     with signals:  # also while the run is wound up: a Ctrl+C then must not tear a file in half
         try:
             executor.run()
@@ -238,7 +254,8 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
             outcome = str(exc)
         except BaseException as exc:
             outcome = f"stopped: {exc}" if str(exc) else f"stopped ({type(exc).__name__})"
-            raise
+            failure = exc
+            log_failure(exc)
         finally:
             progress.stop()
             try:
@@ -259,9 +276,13 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
             signum = signals.received[0]
             interrupted = RunInterrupted(signum, f"stopped by {signal.Signals(signum).name}")
     if interrupted is not None:
+        if failure is not None:  # the run failed, and a signal came as it shut down: both are said
+            logger.error("synthpipe: the run had failed before the signal came:\n%s", describe_failure(failure))
         if interrupted.signum == signal.SIGINT:
             raise KeyboardInterrupt(str(interrupted)) from None
         raise SystemExit(128 + interrupted.signum)
+    if failure is not None:
+        raise failure
     files = {leaf: writer.files(leaf) for leaf in leaves}
     if not durable:
         return Distiset.from_leaf_files(files, read_failed_rows(run_dir.failed_rows_path), run_dir=run_dir.path)

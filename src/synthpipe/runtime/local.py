@@ -38,6 +38,7 @@ from synthpipe.errors import (
     SynthpipeError,
     WorkerDied,
 )
+from synthpipe.runtime import main_import, shipping
 from synthpipe.runtime import messages as m
 from synthpipe.runtime.scheduler import (
     REPLAY,
@@ -56,7 +57,7 @@ from synthpipe.runtime.scheduler import (
     Scheduler,
 )
 from synthpipe.runtime.signals import StopSignals
-from synthpipe.runtime.worker import worker_main
+from synthpipe.runtime.worker import MAIN_MODULE, worker_main
 
 logger = logging.getLogger("synthpipe.runtime")
 
@@ -223,6 +224,7 @@ class LocalExecutor:
         outcome: bool | None = None
         try:
             self._payloads = {name: self._payload(name, step) for name, step in self.steps.items()}
+            self.worker_context.setdefault(MAIN_MODULE, main_import.main_to_import())
             self._start_workers()
             outcome = self._loop()
         finally:
@@ -253,7 +255,7 @@ class LocalExecutor:
     @staticmethod
     def _payload(name: str, step: Any) -> bytes:
         try:
-            return cloudpickle.dumps(step)
+            return shipping.dumps(step)  # the user's file names and lines go along
         except Exception as exc:
             culprit = next((f for f in type(step).model_fields if not _picklable(getattr(step, f, None))), None)
             where = f": field '{culprit}' holds a {type(getattr(step, culprit)).__qualname__}" if culprit else ""
@@ -285,7 +287,8 @@ class LocalExecutor:
         )
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            process.start()
+            with main_import.hidden_main():  # the worker imports it itself, reporting what goes wrong
+                process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child_conn.close()

@@ -25,6 +25,7 @@ from typing import Any
 import synthpipe
 from synthpipe.errors import ErrorRecord, UnpicklableOutput, trim_internal_frames
 from synthpipe.runtime import messages as m
+from synthpipe.runtime.main_import import import_main
 from synthpipe.store.batch_format import ColumnarBudget
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(synthpipe.__file__)) + os.sep
@@ -32,6 +33,8 @@ _PR_SET_PDEATHSIG = 1
 
 
 _CONTEXT: dict[str, Any] = {}
+MAIN_MODULE = "main_module"
+"""Set in the run context: the user's main script, for the worker to import (``main_import``)."""
 STORE_BATCHES = "store_batches"
 """Set in the run context when the coordinator stores every finished batch."""
 _CHANNEL: list[_Channel] = []
@@ -169,13 +172,16 @@ def worker_main(
     root.setLevel(max(log_level, logging.WARNING))
     logging.getLogger("synthpipe").setLevel(log_level)
 
+    phase = "import"
     try:
+        import_main(_CONTEXT.get(MAIN_MODULE))  # the user's script, as multiprocessing would have
+        phase = "load"
         import cloudpickle  # noqa: F401  (classes pickled by value need it to load)
 
         step = pickle.loads(payload)
         step.load()
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the user
-        channel.send(m.encode((m.LOAD_FAILED, _record(exc, step=step_name, replica=replica, phase="load"))))
+        channel.send(m.encode((m.LOAD_FAILED, _record(exc, step=step_name, replica=replica, phase=phase))))
         return
     try:
         if getattr(step, "is_async", False):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NamedTuple,
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from synthpipe.errors import PipelineDefinitionError
+from synthpipe.steps.output_shape import check_rows, generator_batches, step_rows
 
 if TYPE_CHECKING:
     from synthpipe.pipeline.base import Pipeline
@@ -275,21 +276,25 @@ class Step(_Step):
         """Run ``process`` on one batch with column mappings applied; collect all it yields."""
         for rows in inputs:
             self._rename_inputs(rows)
-        out: list[dict[str, Any]] = []
-        for chunk in self.process(*inputs):
-            out.extend(chunk)
+        out = step_rows(str(self.name), self.process(*inputs))
         self._restore_names(inputs, out)
+        check_rows(str(self.name), out, self._declared_outputs())
         return out
+
+    def _declared_outputs(self) -> dict[str, bool]:
+        """Output columns as written to the data, with whether each is required."""
+        return {self.output_mappings.get(c, c): req for c, req in column_spec(self.outputs).items()}
 
     async def aprocess_applying_mappings(self, *inputs: list[dict[str, Any]]) -> StepResult:
         """``aprocess`` on one batch, with column mappings applied."""
         for rows in inputs:
             self._rename_inputs(rows)
         result = await self.aprocess(*inputs)
-        if not isinstance(result, tuple):
-            result = StepResult(list(result), [])
-        rows = list(result[0])
+        if not isinstance(result, tuple) or len(result) not in (2, 3) or not isinstance(result[1], (list, tuple)):
+            result = StepResult(step_rows(str(self.name), result), [])
+        rows = step_rows(str(self.name), list(result[0]))
         self._restore_names(inputs, rows)
+        check_rows(str(self.name), rows, self._declared_outputs())
         sources = result[2] if len(result) > 2 else None
         if sources is not None and len(sources) != len(rows):
             sources = None  # not one per row: the engine falls back to its own rule
@@ -319,10 +324,10 @@ class GeneratorStep(_Step):
         raise NotImplementedError(f"{type(self).__name__} must define process()")
 
     def generate_applying_mappings(self, offset: int = 0) -> Iterator[tuple[list[dict[str, Any]], bool]]:
-        for rows, last in self.process(offset=offset):
-            rows = list(rows)
+        for rows, last in generator_batches(str(self.name), self.process(offset=offset)):
             self._rename_outputs(rows)
-            yield rows, bool(last)
+            check_rows(str(self.name), rows, {})
+            yield rows, last
 
 
 AnyStep = Union[Step, GlobalStep, GeneratorStep]

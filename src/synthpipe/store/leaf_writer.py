@@ -7,6 +7,7 @@ Each row's key (the generator row it came from) is kept in a column of its own,
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,22 +43,35 @@ def _converts(values: list[Any]) -> bool:
     return True
 
 
-class LeafWriter:
-    """Buffers a leaf's rows and writes them out in order, ``chunk_rows`` at a time."""
+Misfit = tuple[dict[str, Any], int, "int | None", str]
+"""A row set aside: (row, key, batch, why)."""
 
-    def __init__(self, data_dir: Path, leaves: list[str], chunk_rows: int = 10_000) -> None:
+
+class LeafWriter:
+    """Buffers a leaf's rows and writes them out in order, ``chunk_rows`` at a time.
+
+    ``on_misfit(step, misfits)``: where rows go whose value no single column type can hold
+    together with the column's other rows (an int among strings): they are set aside, and
+    the others written, so one odd value never costs the rest of the result. Without it,
+    such a chunk is an error naming the step and the column."""
+
+    def __init__(self, data_dir: Path, leaves: list[str], chunk_rows: int = 10_000,
+                 on_misfit: Callable[[str, list[Misfit]], None] | None = None) -> None:
         self.data_dir = data_dir
         self.chunk_rows = chunk_rows
+        self.on_misfit = on_misfit
         self._buffers: dict[str, list[dict[str, Any]]] = {leaf: [] for leaf in leaves}
         self._keys: dict[str, list[int]] = {leaf: [] for leaf in leaves}
+        self._seqs: dict[str, list[int | None]] = {leaf: [] for leaf in leaves}
         self._files: dict[str, list[Path]] = {leaf: [] for leaf in leaves}
         self._schemas: dict[str, Any] = {}  # per leaf: the column types of the chunks so far
         self.rows_written: dict[str, int] = dict.fromkeys(leaves, 0)
 
-    def write(self, step: str, rows: list[dict[str, Any]], keys: list[int]) -> None:
+    def write(self, step: str, rows: list[dict[str, Any]], keys: list[int], seq: int | None = None) -> None:
         buffer = self._buffers[step]
         buffer.extend(rows)
         self._keys[step].extend(keys)
+        self._seqs[step].extend([seq] * len(rows))
         if len(buffer) >= self.chunk_rows:
             self._flush(step)
 
@@ -91,13 +105,18 @@ class LeafWriter:
     def _flush(self, step: str) -> None:
         import pyarrow.parquet as pq
 
-        rows = self._buffers[step]
+        rows, keys = self._buffers[step], self._keys[step]
         if not rows:
             return
         import pyarrow as pa
 
+        if self.on_misfit is not None:
+            rows, keys = self._set_aside_misfits(step, rows, keys)
+        self._buffers[step], self._keys[step], self._seqs[step] = [], [], []
+        if not rows:
+            return
         table = rows_to_table(rows, step)
-        table = table.append_column(KEY_COLUMN, pa.array(self._keys[step], pa.int64()))
+        table = table.append_column(KEY_COLUMN, pa.array(keys, pa.int64()))
         self._check_types(step, table.schema)
         folder = self.data_dir / step
         folder.mkdir(parents=True, exist_ok=True)
@@ -107,8 +126,17 @@ class LeafWriter:
         os.replace(tmp, final)
         self._files[step].append(final)
         self.rows_written[step] += len(rows)
-        self._buffers[step] = []
-        self._keys[step] = []
+
+    def _set_aside_misfits(self, step: str, rows: list[dict[str, Any]],
+                           keys: list[int]) -> tuple[list[dict[str, Any]], list[int]]:
+        misfits = find_misfits(rows, self._schemas.get(step))
+        if not misfits:
+            return rows, keys
+        seqs = self._seqs[step]
+        assert self.on_misfit is not None
+        self.on_misfit(step, [(rows[i], keys[i], seqs[i], why) for i, why in sorted(misfits.items())])
+        kept = [i for i in range(len(rows)) if i not in misfits]
+        return [rows[i] for i in kept], [keys[i] for i in kept]
 
 
 def _compatible(a: Any, b: Any) -> bool:
@@ -117,5 +145,65 @@ def _compatible(a: Any, b: Any) -> bool:
     try:
         pa.unify_schemas([pa.schema([("x", a)]), pa.schema([("x", b)])], promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
+    return True
+
+
+def find_misfits(rows: list[dict[str, Any]], earlier: Any = None) -> dict[int, str]:
+    """Rows whose value in some column fits no type the column's other rows (and ``earlier``,
+    the schema of the chunks written before) can share: row index -> why."""
+    import pyarrow as pa
+
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    misfits: dict[int, str] = {}
+    for column in columns:
+        if not isinstance(column, str):
+            continue  # a key Arrow cannot name: the step's own output is wrong (checked in the worker)
+        values = [row.get(column) for row in rows]
+        known = earlier.field(column).type if earlier is not None and column in earlier.names else None
+        try:
+            inferred = pa.array(values).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            inferred = None
+        if inferred is not None and (known is None or _compatible(known, inferred)):
+            continue
+        target = known if known is not None else _majority_type(values)
+        for i, value in enumerate(values):
+            if value is None or i in misfits or (target is not None and _fits(value, target)):
+                continue
+            shown = repr(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            name = type(value).__name__
+            article = "an" if name[:1] in "aeiou" else "a"
+            misfits[i] = (f"column '{column}' holds {article} {name} ({shown}) where the column's other "
+                          f"rows hold {target}: a result column has one type")
+    return misfits
+
+
+def _majority_type(values: list[Any]) -> Any:
+    import pyarrow as pa
+
+    counts: dict[str, list[Any]] = {}
+    for value in values:
+        if value is None:
+            continue
+        try:
+            arrow_type = pa.array([value]).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            continue
+        counts.setdefault(str(arrow_type), [0, arrow_type])[0] += 1
+    if not counts:
+        return None
+    return max(counts.values(), key=lambda c: c[0])[1]
+
+
+def _fits(value: Any, arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    try:
+        pa.array([value], type=arrow_type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         return False
     return True

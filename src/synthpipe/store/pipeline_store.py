@@ -232,10 +232,13 @@ class PipelineStore:
         if stored is None:
             stored = self.finished_batches(signatures)
         keep = []
+        seen: set[tuple[Any, ...]] = set()  # a leaf row set aside again when its batch is replayed
         for entry in read_failed_rows(self.failed_rows_path):
             batch = stored.get(entry.get("step", ""), {}).get(entry.get("batch", -1))
+            where = tuple(entry.get(k) for k in ("step", "batch", "row", "input_index", "run"))
             if (batch is not None and entry.get("sig") == signatures.get(entry["step"])
-                    and entry.get("run") == batch.run):
+                    and entry.get("run") == batch.run and where not in seen):
+                seen.add(where)
                 keep.append(entry)
         keep.sort(key=lambda e: (list(signatures).index(e["step"]), e["row"], e.get("input_index", 0)))
         return keep

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 LOGGER_NAME = "synthpipe"
+FILE_ONLY = {"synthpipe_file_only": True}
+"""``extra=`` for a log line meant for the run's log file and not the terminal (it shows it otherwise)."""
 
 
 def level_from_env(explicit: str | int | None = None) -> int:
@@ -34,6 +36,7 @@ class RunLogging:
         self.console = logging.StreamHandler(sys.stderr)
         self.console.setLevel(level)
         self.console.setFormatter(logging.Formatter("%(message)s"))
+        self.console.addFilter(lambda record: not getattr(record, "synthpipe_file_only", False))
         self.handlers: list[logging.Handler] = [self.console]
         if log_file is not None:
             file = logging.FileHandler(log_file, encoding="utf-8")

@@ -27,6 +27,15 @@ class IncompleteAnswer(SynthpipeError):
     """The model answered without what was asked: fewer generations, or no text."""
 
 
+class InputTypeError(SynthpipeError, TypeError):
+    """A column a task formats into its prompt holds a value of another type: its row fails
+    before any request is made (nothing paid for a prompt made of the wrong value)."""
+
+
+def _article(name: str) -> str:
+    return f"an {name}" if name[:1] in "aeiou" else f"a {name}"
+
+
 class UnparsableAnswer(SynthpipeError):
     """An answer a task could not turn into its columns. The row fails on its own (the raw
     text is kept, in the message and in ``raw_output``), and the answer is not cached, so a
@@ -79,6 +88,24 @@ class Task(Step):
         """The columns ``format_output`` returns."""
         return []
 
+    def prompt_column_types(self) -> dict[str, tuple[type, ...]]:
+        """The columns ``format_input`` puts into the prompt as they are, and the types they
+        must hold (a missing or None value is left to ``format_input``). A row with another
+        type fails on its own, before its request."""
+        return {}
+
+    def _check_prompt_types(self, row: dict[str, Any], index: int) -> None:
+        for column, types in self.prompt_column_types().items():
+            value = row.get(column)
+            if value is not None and not isinstance(value, types):
+                start = current_row_start()
+                where = f"row {start + index}" if start is not None else f"row {index} of its batch"
+                wanted = " or ".join(t.__name__ for t in types)
+                shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+                raise InputTypeError(f"step '{self.name}', {where}: column '{column}' holds "
+                                     f"{_article(type(value).__name__)} ({shown}), not {_article(wanted)}: "
+                                     "it goes into the prompt as it is; no request was made for this row")
+
     def get_structured_output(self) -> dict[str, Any] | None:
         """The JSON schema of this task's answer, for a task whose answer has a shape (ratings,
         a list, a label); None for free text. Asked for as structured output where the backend
@@ -126,6 +153,7 @@ class Task(Step):
         chats: list[tuple[int, ChatType]] = []
         for index, row in enumerate(inputs):
             try:
+                self._check_prompt_types(row, index)
                 chats.append((index, self.format_input(row)))
             except Exception as exc:
                 failures.append(RowFailure(index, exc))

@@ -64,6 +64,16 @@ class TextGeneration(Task):
     def task_outputs(self) -> list[str]:
         return ["generation"]
 
+    def prompt_column_types(self) -> dict[str, tuple[type, ...]]:
+        """With the default kind of template (one column, as it is), that column is the prompt:
+        it must be text. A template of its own may format numbers or loop over lists."""
+        types: dict[str, tuple[type, ...]] = {}
+        if _ONE_VARIABLE.fullmatch(self.template):
+            types.update(dict.fromkeys(self.column_list, (str,)))
+        if self.use_system_prompt:
+            types["system_prompt"] = (str,)
+        return types
+
     def format_input(self, row: dict[str, Any]) -> ChatType:
         values = {}
         for column in self.column_list:
@@ -100,6 +110,10 @@ class ChatGeneration(Task):
             isinstance(m, dict) and "role" in m and "content" in m for m in messages
         ):
             raise ValueError(f"step '{self.name}': 'messages' must be a list of {{'role', 'content'}} dicts")
+        if not all(isinstance(m["content"], str) for m in messages):
+            bad = next(m["content"] for m in messages if not isinstance(m["content"], str))
+            raise TypeError(f"step '{self.name}': column 'messages' holds a message whose content is "
+                            f"a {type(bad).__name__} ({bad!r:.80}), not text")
         if not messages or messages[-1]["role"] != "user":
             raise ValueError(f"step '{self.name}': the conversation must end with a user message")
         return list(messages)
