@@ -1,6 +1,12 @@
 """LLM tasks: a prompt from each row, an LLM's answer back into columns."""
 
 from synthpipe.steps.tasks.base import Task
+from synthpipe.steps.tasks.evol_generator import EvolComplexityGenerator, EvolInstructGenerator
+from synthpipe.steps.tasks.evol_instruct import EvolComplexity, EvolInstruct, EvolQuality
+from synthpipe.steps.tasks.generation import StructuredGeneration, TextGenerationWithImage
+from synthpipe.steps.tasks.instructions import URIAL, Genstruct, SelfInstruct
 from synthpipe.steps.tasks.text_generation import ChatGeneration, TextGeneration
 
 __all__ = ["ChatGeneration", "Task", "TextGeneration"]
+__all__ += ["EvolComplexity", "EvolComplexityGenerator", "EvolInstruct", "EvolInstructGenerator", "EvolQuality",
+            "Genstruct", "SelfInstruct", "StructuredGeneration", "TextGenerationWithImage", "URIAL"]
