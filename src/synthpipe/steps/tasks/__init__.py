@@ -5,8 +5,10 @@ from synthpipe.steps.tasks.evol_generator import EvolComplexityGenerator, EvolIn
 from synthpipe.steps.tasks.evol_instruct import EvolComplexity, EvolInstruct, EvolQuality
 from synthpipe.steps.tasks.generation import StructuredGeneration, TextGenerationWithImage
 from synthpipe.steps.tasks.instructions import URIAL, Genstruct, SelfInstruct
+from synthpipe.steps.tasks.magpie import Magpie, MagpieGenerator
 from synthpipe.steps.tasks.text_generation import ChatGeneration, TextGeneration
 
 __all__ = ["ChatGeneration", "Task", "TextGeneration"]
 __all__ += ["EvolComplexity", "EvolComplexityGenerator", "EvolInstruct", "EvolInstructGenerator", "EvolQuality",
             "Genstruct", "SelfInstruct", "StructuredGeneration", "TextGenerationWithImage", "URIAL"]
+__all__ += ["Magpie", "MagpieGenerator"]
