@@ -65,6 +65,21 @@ def test_image_generation_sends_url_and_base64_parts(server):
     server.configure(responder=None)
 
 
+def test_image_generation_url_and_pil_images(server):
+    from PIL import Image
+
+    seen = []
+    server.configure(responder=lambda body: seen.append(body["messages"][-1]["content"][1]) or "ok")
+    url = _rows(_run(lambda: TextGenerationWithImage(name="v", llm=_llm(server), template="Q: {{ instruction }}"),
+                     [{"instruction": "what", "image": "https://example.org/cat.png"}], "img-url"))[0]
+    assert url["generation"] == "ok" and seen[0]["image_url"]["url"] == "https://example.org/cat.png"
+    image = Image.new("RGB", (4, 4), "red")
+    task = TextGenerationWithImage(name="v", llm=_llm(server), image_type="PIL")
+    chat = task.format_input({"instruction": "what", "image": image})
+    assert chat[0]["content"][1]["image_url"]["url"].startswith("data:image/jpeg;base64,/9j/")
+    server.configure(responder=None)
+
+
 def test_image_generation_is_refused_on_a_backend_without_images(tmp_path):
     from synthpipe.models.llamacpp import LlamaCppLLM
 
@@ -176,8 +191,10 @@ def test_evol_instruct_evolves_stores_and_answers(server):
                                                "sum 2 numbers+++"]
     assert rows[0]["answers"][-1] == "answer to sum 2 numbers+++"
     assert len(rows[1]["answers"]) == 4 and rows[1]["model_name"] == "test-model"
-    stats = rows[0]["synthpipe_metadata"]["statistics_evol"]
-    assert stats["output_tokens"][0] > 0
+    meta = rows[0]["synthpipe_metadata"]
+    assert meta["statistics_evol"]["output_tokens"][0] > 0
+    assert meta["raw_output_evol"] == "#Rewritten prompt#: sum 2 numbers+++"
+    assert "sum 2 numbers++" in meta["raw_input_evol"][0]["content"]
     server.configure(responder=None)
 
 
@@ -287,6 +304,25 @@ def test_evol_instruct_and_self_instruct_on_tiny_transformers(tiny_llama_dir):
     if rows:
         assert isinstance(rows[0]["evolved_instruction"], str) and isinstance(rows[0]["answer"], str)
         assert rows[0]["instructions"]
+
+
+@pytest.mark.timeout(300)
+def test_structured_generation_on_tiny_llama_cpp_grammar(tiny_gguf):
+    pytest.importorskip("llama_cpp")
+    from synthpipe.models.llamacpp import LlamaCppLLM
+
+    color = {"type": "object", "properties": {"color": {"enum": ["red", "green"]}}, "required": ["color"],
+             "additionalProperties": False}
+    flag = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+            "additionalProperties": False}
+    data = [{"instruction": "a color", "structured_output": {"format": "json", "schema": color}},
+            {"instruction": "a flag", "structured_output": {"format": "json", "schema": flag}}]
+    with Pipeline(name="tiny-sg") as pipeline:
+        LoadDataFromDicts(data=data) >> StructuredGeneration(name="sg", llm=LlamaCppLLM(model_path=str(tiny_gguf)))
+    result = pipeline.run(parameters={"sg": {"llm": {"generation_kwargs": {"max_new_tokens": 40}}}})
+    rows = {r["instruction"]: json.loads(r["generation"]) for r in _rows(result)}
+    assert result.failed_rows == []
+    assert rows["a color"]["color"] in ("red", "green") and isinstance(rows["a flag"]["ok"], bool)
 
 
 @pytest.mark.timeout(300)

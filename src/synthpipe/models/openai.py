@@ -110,6 +110,12 @@ class OpenAILLM(MagpieChatTemplateMixin, RemoteLLM):
         return generations_of(answer, num_generations)
 
 
+    def signature_fields(self) -> dict[str, Any]:
+        fields = super().signature_fields()
+        if fields.get("chat_template") is None:  # unset: the signatures of runs made before it existed hold
+            fields.pop("chat_template", None)
+        return fields
+
     def supports_images(self) -> bool:
         return True
 

@@ -112,6 +112,7 @@ class _EvolBase(Task):
         evolutions: dict[int, list[str]] = {}
         stats: dict[int, dict[str, int]] = {}
         rngs: dict[int, random.Random] = {}
+        last: dict[int, tuple[ChatType, str]] = {}  # each row's last prompt and raw answer, for the metadata
         for index, row in enumerate(inputs):
             value = row.get(self.subject)
             if not isinstance(value, str) or not value.strip():
@@ -124,12 +125,13 @@ class _EvolBase(Task):
             living = sorted(current)
             chats = [self._prompt(rngs[i].choice(names), current[i], inputs[i]) for i in living]
             positions = [f"{(start or 0) + i}:evolution{round_}" for i in living]
-            for i, result in zip(living, await ask_each(self, chats, positions), strict=True):
+            for i, chat, result in zip(living, chats, await ask_each(self, chats, positions), strict=True):
                 if isinstance(result, BaseException):
                     failures.append(RowFailure(i, result))
                     del current[i]
                     continue
                 text, statistics = result
+                last[i] = (chat, text)
                 current[i] = clean_evolution(text)
                 evolutions[i].append(current[i])
                 for key in stats[i]:
@@ -138,6 +140,10 @@ class _EvolBase(Task):
         for i in sorted(current):
             meta = dict(inputs[i].get(METADATA_COLUMN) or {})
             meta[f"statistics_{self.name}"] = {k: [v] for k, v in stats[i].items()}
+            if self.add_raw_input:
+                meta[f"raw_input_{self.name}"] = last[i][0]
+            if self.add_raw_output:
+                meta[f"raw_output_{self.name}"] = last[i][1]
             out[i] = {**inputs[i], **self._finish(inputs[i], evolutions[i]), "model_name": self.llm.model_name,
                       METADATA_COLUMN: meta}
         await self._after(list(inputs), out, failures, start)
