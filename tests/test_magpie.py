@@ -144,3 +144,26 @@ def test_magpie_on_tiny_llama_cpp(tiny_gguf):
         assert row["instruction"] and isinstance(row["response"], str)
     for failed in result.failed_rows:  # only a whitespace instruction may fail, and it says so
         assert "no instruction" in failed["message"]
+
+
+def test_an_empty_instruction_is_asked_again_by_retry_failed_and_answers_come_from_the_cache(server):
+    state = {"empty": True, "raw": 0}
+
+    def respond(body):
+        if "prompt" in body:
+            state["raw"] += 1
+            return "  " if state["empty"] and "retry me" in body["prompt"] else "question?"
+        return "answer"
+
+    server.configure(responder=respond)
+    with Pipeline(name="magpie-retry") as pipeline:
+        load = LoadDataFromDicts(data=[{"system_prompt": "fine"}, {"system_prompt": "retry me"}])
+        load >> Magpie(name="m", llm=_llm(server))
+    first = pipeline.run()
+    assert len(first.failed_rows) == 1 and state["raw"] == 2
+    state["empty"] = False
+    retried = pipeline.run(retry_failed=True)
+    assert retried.failed_rows == []
+    assert sorted(r["system_prompt"] for r in retried["default"]["train"].to_list()) == ["fine", "retry me"]
+    assert state["raw"] == 3  # only the failed row's instruction was asked again
+    server.configure(responder=None)

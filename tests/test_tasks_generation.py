@@ -339,3 +339,14 @@ def test_genstruct_and_urial_on_tiny_llama_cpp(tiny_gguf):
     assert result.failed_rows == []
     assert isinstance(result["u"]["train"][0]["generation"], (str, type(None)))
     assert isinstance(result["cx"]["train"][0]["evolved_instruction"], str)
+
+
+def test_a_malformed_genstruct_answer_is_asked_again_by_retry_failed(server):
+    server.configure(answers=[(r"", "no markers at all")])
+    with Pipeline(name="gs-retry") as pipeline:
+        LoadDataFromDicts(data=[{"title": "t", "content": "c"}]) >> Genstruct(name="gs", llm=_llm(server))
+    assert len(pipeline.run().failed_rows) == 1
+    server.configure(answers=[(r"", "q?[[[Assistant]]] a.")])
+    retried = pipeline.run(retry_failed=True)
+    assert retried.failed_rows == [] and _rows(retried)[0]["assistant"] == "a."
+    server.configure(answers=[])
