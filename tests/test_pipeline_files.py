@@ -80,7 +80,8 @@ def _simple_value(annotation: Any, field: str) -> Any:
         return _simple_value(args[0], field)
     if isinstance(annotation, type):
         if issubclass(annotation, LLM):
-            return OpenAILLM(model="test-model", base_url="http://127.0.0.1:9/v1")
+            # a pre-query template, so tasks that need raw prompts (Magpie) accept it too
+            return OpenAILLM(model="test-model", base_url="http://127.0.0.1:9/v1", magpie_pre_query_template="llama3")
         if issubclass(annotation, Embeddings):
             return synthpipe.models.SentenceTransformerEmbeddings(model="some/embedder")
         for kind, value in ((bool, True), (str, "x"), (int, 1), (float, 1.0)):

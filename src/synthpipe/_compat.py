@@ -160,17 +160,16 @@ _TASKS: dict[str, str | No] = {
     "GeneratorTask": No("GeneratorTask is not supported yet: a GeneratorStep feeding a Task does its job"),
     "ImageTask": _NO_IMAGES,
     "ImageGeneration": _NO_IMAGES,
-    "TextGenerationWithImage": _NO_IMAGES,
     "task": No("the @task decorator is not supported yet; subclass synthpipe.steps.tasks.Task"),
     **{name: _task(name) for name in [
         "APIGenExecutionChecker", "APIGenGenerator", "APIGenSemanticChecker", "ArgillaLabeller",
-        "BitextRetrievalGenerator", "CLAIR", "ComplexityScorer", "EmbeddingTaskGenerator", "EvolComplexity",
-        "EvolComplexityGenerator", "EvolInstruct", "EvolInstructGenerator", "EvolQuality", "FormatPRM",
+        "BitextRetrievalGenerator", "CLAIR", "ComplexityScorer", "EmbeddingTaskGenerator",
+        "FormatPRM",
         "GenerateEmbeddings", "GenerateLongTextMatchingData", "GenerateSentencePair",
         "GenerateShortTextMatchingData", "GenerateTextClassificationData", "GenerateTextRetrievalData",
-        "Genstruct", "InstructionBacktranslation", "Magpie", "MagpieGenerator", "MathShepherdCompleter",
+        "InstructionBacktranslation", "MathShepherdCompleter",
         "MathShepherdGenerator", "MonolingualTripletGenerator", "PairRM", "PrometheusEval", "QualityScorer",
-        "SelfInstruct", "StructuredGeneration", "TextClassification", "URIAL", "UltraFeedback",
+        "TextClassification", "UltraFeedback",
     ]},
 }
 

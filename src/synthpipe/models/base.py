@@ -146,6 +146,25 @@ class LLM(BaseModel):
         answer then ask for one instead of a text format)."""
         return True
 
+    def supports_images(self) -> bool:
+        """Whether chats may hold images (OpenAI's ``image_url`` content parts)."""
+        return False
+
+    def supports_raw_prompts(self) -> bool:
+        """Whether ``agenerate_raw`` continues a prompt string (for Magpie's pre-query trick)."""
+        return False
+
+    def render_chat(self, chat: ChatType) -> str:
+        """The chat as this model's prompt text, without a generation prompt (raw backends)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot render a chat as a raw prompt")
+
+    async def agenerate_raw(
+        self, prompts: list[str], num_generations: int = 1, **kwargs: Any
+    ) -> list[Union[GenerateOutput, BaseException]]:
+        """One output per prompt string, continued as is (no chat template); a row that failed
+        is its exception. Only where ``supports_raw_prompts()``."""
+        raise NotImplementedError(f"{type(self).__name__} does not generate from raw prompts")
+
     def requests_per_row(self, num_generations: int) -> int:
         """Requests one row costs: 1 where the API returns several generations at once."""
         return 1
@@ -266,6 +285,18 @@ class BatchLLM(LLM):
 
     def generate(self, inputs: list[ChatType], num_generations: int = 1, **kwargs: Any) -> list[GenerateOutput]:
         return self.generate_batch(inputs, num_generations, **{**self.generation_kwargs, **kwargs})
+
+    def generate_raw_batch(self, prompts: list[str], num_generations: int = 1,
+                           **kwargs: Any) -> list[Union[GenerateOutput, BaseException]]:
+        raise NotImplementedError(f"{type(self).__name__} does not generate from raw prompts")
+
+    async def agenerate_raw(
+        self, prompts: list[str], num_generations: int = 1, **kwargs: Any
+    ) -> list[Union[GenerateOutput, BaseException]]:
+        if self._engine_lock is None:
+            self._engine_lock = asyncio.Lock()
+        async with self._engine_lock:
+            return list(await asyncio.to_thread(self.generate_raw_batch, prompts, num_generations, **kwargs))
 
 
 class Embeddings(BaseModel):

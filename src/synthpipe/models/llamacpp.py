@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Optional, Union
 from pydantic import Field, PrivateAttr
 
 from synthpipe.models.base import BatchLLM, ChatType, Embeddings, GenerateOutput
+from synthpipe.models.raw_prompts import MagpieChatTemplateMixin, render_jinja_chat
 from synthpipe.steps.base import RuntimeParameter
 
 # distilabel's names for generation kwargs, and llama.cpp's
@@ -15,7 +16,7 @@ _KNOWN = {"max_tokens", "temperature", "top_p", "top_k", "min_p", "frequency_pen
           "repeat_penalty", "stop", "seed", "logit_bias"}
 
 
-class LlamaCppLLM(BatchLLM):
+class LlamaCppLLM(MagpieChatTemplateMixin, BatchLLM):
     """``model_path`` (a GGUF file) in this process. ``chat_format`` overrides the template
     stored in the file. Structured output is native: llama.cpp turns the JSON schema into a
     grammar, so the text cannot leave it (keep string fields bounded, or a long string can
@@ -79,6 +80,45 @@ class LlamaCppLLM(BatchLLM):
                 results.append({"generations": texts,
                                 "statistics": {"input_tokens": prompt_tokens, "output_tokens": output_tokens}})
             except Exception as exc:  # e.g. a prompt longer than n_ctx: that row fails, not the batch
+                results.append(exc)
+        return results
+
+
+    def supports_raw_prompts(self) -> bool:
+        return True
+
+    def render_chat(self, chat: ChatType) -> str:
+        """Through the chat template stored in the GGUF file (with its BOS/EOS tokens)."""
+        if self._llm is None:
+            self.load()
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError(f"LlamaCppLLM: {self.model_path} stores no chat template to render a raw prompt with")
+
+        def token_text(token: int) -> str:
+            return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+        return render_jinja_chat(template, chat, bos_token=token_text(self._llm.token_bos()),
+                                 eos_token=token_text(self._llm.token_eos()))
+
+    def generate_raw_batch(self, prompts: list[str], num_generations: int = 1,
+                           **kwargs: Any) -> list[Union[GenerateOutput, BaseException]]:
+        if self._llm is None:
+            self.load()
+        options = self._options(kwargs)
+        results: list[Union[GenerateOutput, BaseException]] = []
+        for prompt in prompts:
+            try:
+                tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+                texts, prompt_tokens, output_tokens = [], [], []
+                for _ in range(num_generations):
+                    answer = self._llm.create_completion(prompt=tokens, **options)
+                    texts.append(answer["choices"][0]["text"])
+                    prompt_tokens.append(answer["usage"]["prompt_tokens"])
+                    output_tokens.append(answer["usage"]["completion_tokens"])
+                results.append({"generations": texts,
+                                "statistics": {"input_tokens": prompt_tokens, "output_tokens": output_tokens}})
+            except Exception as exc:
                 results.append(exc)
         return results
 

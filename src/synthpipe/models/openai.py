@@ -14,6 +14,7 @@ from pydantic import Field, PrivateAttr, SecretStr
 
 from synthpipe.models._sdk import env_secret
 from synthpipe.models.base import ChatType, GenerateOutput, RemoteLLM
+from synthpipe.models.raw_prompts import CHAT_FORMATS, MagpieChatTemplateMixin, render_jinja_chat
 from synthpipe.steps.base import RuntimeParameter
 
 # distilabel's names for generation kwargs, and the wire names they stand for
@@ -21,7 +22,7 @@ _RENAMED_KWARGS = {"max_new_tokens": "max_tokens"}
 
 
 
-class OpenAILLM(RemoteLLM):
+class OpenAILLM(MagpieChatTemplateMixin, RemoteLLM):
     """``model`` served at ``base_url`` (default: OpenAI, or ``OPENAI_BASE_URL``).
 
     ``api_key`` defaults to ``OPENAI_API_KEY``; it is sent only in the Authorization header,
@@ -44,6 +45,10 @@ class OpenAILLM(RemoteLLM):
     json_mode: Literal["json_schema", "json_object"] = "json_schema"
     """How structured output is asked for: OpenAI's ``{"type": "json_schema", ...}``, or
     ``{"type": "json_object", "schema": ...}`` for servers that only take that (llama.cpp's)."""
+
+    chat_template: Optional[str] = None
+    """A Jinja2 chat template to render raw prompts for ``/completions`` (Magpie); by default the
+    format named by ``magpie_pre_query_template`` (``llama3``, ``qwen2``)."""
 
     NOT_IN_SIGNATURE: ClassVar[frozenset[str]] = frozenset({
         "api_key", "max_concurrency", "timeout", "max_retries", "retry_base_delay", "requests_per_minute",
@@ -103,6 +108,55 @@ class OpenAILLM(RemoteLLM):
             self.load()
         answer = await self._client.chat(self.payload(input, num_generations, **kwargs))
         return generations_of(answer, num_generations)
+
+
+    def signature_fields(self) -> dict[str, Any]:
+        fields = super().signature_fields()
+        if fields.get("chat_template") is None:  # unset: the signatures of runs made before it existed hold
+            fields.pop("chat_template", None)
+        return fields
+
+    def supports_images(self) -> bool:
+        return True
+
+    def supports_raw_prompts(self) -> bool:
+        """The ``/completions`` endpoint, where we know the served model's chat format."""
+        return self._raw_template() is not None
+
+    def _raw_template(self) -> Optional[str]:
+        return self.chat_template or CHAT_FORMATS.get(self.magpie_pre_query_template or "")
+
+    def render_chat(self, chat: ChatType) -> str:
+        template = self._raw_template()
+        if template is None:
+            raise ValueError(f"{type(self).__name__}: set chat_template (or magpie_pre_query_template to one of "
+                             f"{sorted(CHAT_FORMATS)}) to render a chat as a raw prompt for /completions")
+        return render_jinja_chat(template, chat)
+
+    async def agenerate_raw(self, prompts: list[str], num_generations: int = 1, **kwargs: Any) -> list[Any]:
+        import asyncio
+
+        if self._client is None:
+            self.load()
+
+        async def one(prompt: str) -> GenerateOutput:
+            body = {k: v for k, v in self.payload([], num_generations, **kwargs).items()
+                    if k not in ("messages", "response_format")}
+            answer = await self._client.completions({**body, "prompt": prompt})
+            return completions_of(answer)
+
+        return await asyncio.gather(*(one(p) for p in prompts), return_exceptions=True)
+
+
+def completions_of(answer: dict[str, Any]) -> GenerateOutput:
+    """Texts and token counts of a ``/completions`` answer."""
+    choices = sorted(answer.get("choices") or [], key=lambda c: c.get("index", 0))
+    texts = [choice.get("text") for choice in choices]
+    usage = answer.get("usage") or {}
+    n = max(1, len(texts))
+    return {"generations": texts, "statistics": {
+        "input_tokens": [int(usage.get("prompt_tokens") or 0)] * len(texts),
+        "output_tokens": [int(usage.get("completion_tokens") or 0) // n] * len(texts)}}
 
 
 def generations_of(answer: dict[str, Any], num_generations: int) -> GenerateOutput:

@@ -7,10 +7,11 @@ from typing import Any, ClassVar, Optional, Union
 from pydantic import Field, PrivateAttr, SecretStr
 
 from synthpipe.models.base import BatchLLM, ChatType, GenerateOutput
+from synthpipe.models.raw_prompts import MagpieChatTemplateMixin
 from synthpipe.steps.base import RuntimeParameter
 
 
-class TransformersLLM(BatchLLM):
+class TransformersLLM(MagpieChatTemplateMixin, BatchLLM):
     """``model`` (a local folder, or a hub id where a hub is reachable) run in-process.
 
     Prompts go through the tokenizer's chat template (or ``chat_template``); a batch is
@@ -87,9 +88,26 @@ class TransformersLLM(BatchLLM):
             self.load()
         if self.structured_output is not None:
             return [self._generate_structured(chat, num_generations, **kwargs) for chat in inputs]
+        return self._generate_prompts([self.prompt(chat) for chat in inputs], num_generations, **kwargs)
+
+    def supports_raw_prompts(self) -> bool:
+        return True
+
+    def render_chat(self, chat: ChatType) -> str:
+        if self._tokenizer is None:
+            self.load()
+        return self._tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=False)
+
+    def generate_raw_batch(self, prompts: list[str], num_generations: int = 1, **kwargs: Any) -> list[GenerateOutput]:
+        """Continues each prompt string as it is (its special tokens included)."""
+        if self._model is None:
+            self.load()
+        return self._generate_prompts(list(prompts), num_generations, **kwargs)
+
+    def _generate_prompts(self, prompts: list[str], num_generations: int, **kwargs: Any) -> list[GenerateOutput]:
         import torch
 
-        prompts = [self.prompt(chat) for chat in inputs]
+        inputs = prompts
         encoded = self._tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         encoded = encoded.to(self._model.device)
         seed = kwargs.pop("seed", None)

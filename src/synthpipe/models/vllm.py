@@ -12,12 +12,13 @@ from typing import Any, ClassVar, Optional
 from pydantic import Field, PrivateAttr
 
 from synthpipe.models.base import BatchLLM, ChatType, GenerateOutput
+from synthpipe.models.raw_prompts import MagpieChatTemplateMixin
 from synthpipe.steps.base import RuntimeParameter
 
 _RENAMED = {"max_new_tokens": "max_tokens"}
 
 
-class vLLM(BatchLLM):  # noqa: N801 - the name distilabel users know
+class vLLM(MagpieChatTemplateMixin, BatchLLM):  # noqa: N801 - the name distilabel users know
     model: str
     dtype: str = "auto"
     trust_remote_code: bool = False
@@ -78,6 +79,22 @@ class vLLM(BatchLLM):  # noqa: N801 - the name distilabel users know
             self.load()
         prompts = [self._tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
                    for chat in inputs]
+        return self._generate_prompts(prompts, num_generations, **kwargs)
+
+    def supports_raw_prompts(self) -> bool:
+        return True
+
+    def render_chat(self, chat: ChatType) -> str:
+        if self._engine is None:
+            self.load()
+        return self._tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=False)
+
+    def generate_raw_batch(self, prompts: list[str], num_generations: int = 1, **kwargs: Any) -> list[GenerateOutput]:
+        if self._engine is None:
+            self.load()
+        return self._generate_prompts(list(prompts), num_generations, **kwargs)
+
+    def _generate_prompts(self, prompts: list[str], num_generations: int, **kwargs: Any) -> list[GenerateOutput]:
         outputs = self._engine.generate(prompts, self.sampling_params(num_generations, **kwargs), use_tqdm=False)
         results: list[GenerateOutput] = []
         for output in outputs:
