@@ -4,3 +4,7 @@ from synthpipe.steps.tasks.base import Task
 from synthpipe.steps.tasks.text_generation import ChatGeneration, TextGeneration
 
 __all__ = ["ChatGeneration", "Task", "TextGeneration"]
+
+from synthpipe.steps.tasks.ultrafeedback import UltraFeedback  # noqa: E402
+
+__all__ += ["UltraFeedback"]

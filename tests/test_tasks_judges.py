@@ -1,0 +1,131 @@
+"""Judges and scorers (UltraFeedback, PrometheusEval, QualityScorer, ComplexityScorer,
+InstructionBacktranslation, CLAIR) in real pipelines against the OpenAI-compatible test server,
+with the answer asked for as structured output (JSON) and as text, and with malformed answers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from synthpipe.errors import PipelineValidationError
+from synthpipe.models import OpenAILLM
+from synthpipe.pipeline import Pipeline
+from synthpipe.steps import LoadDataFromDicts
+from synthpipe.steps.tasks import UltraFeedback
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_leftover_workers")]
+
+
+@pytest.fixture(autouse=True)
+def _no_scripted_answers(server):
+    server.configure(answers=[], responder=None)
+    yield
+    server.configure(answers=[], responder=None)
+
+
+def _llm(server) -> OpenAILLM:
+    return OpenAILLM(model="judge-model", base_url=server.base_url, api_key="sk-test", max_retries=1,
+                     retry_base_delay=0.01)
+
+
+def run_task(server, task_cls, rows, name="judge", **task_kw):
+    """``rows`` through ``task_cls`` in a pipeline; (good rows, failed rows, last request body)."""
+    with Pipeline(name=name) as pipeline:
+        load = LoadDataFromDicts(data=rows)
+        load >> task_cls(name="task", llm=_llm(server), **task_kw)
+    distiset = pipeline.run()
+    good = distiset["default"]["train"].to_list() if "default" in distiset else []
+    return good, distiset.failed_rows
+
+
+def last_prompt(server) -> str:
+    body = server.state.recent_requests()[-1]["body"]
+    return "\n".join(m["content"] for m in body["messages"])
+
+
+def last_format(server):
+    return server.state.recent_requests()[-1]["body"].get("response_format")
+
+
+# -- UltraFeedback ----------------------------------------------------------------------------
+
+UF_ROWS = [{"instruction": f"question {i}", "generations": [f"answer {i}a", f"answer {i}b"]} for i in range(3)]
+
+
+def test_ultrafeedback_overall_rating_structured(server):
+    good_json = json.dumps({"assessments": [{"rating": 4, "rationale": "clear"}, {"rating": 2, "rationale": "vague"}]})
+    server.configure(answers=[(r"question 1", '{"assessments": [{"rating": 4, "rationale": "x"}'),  # cut off
+                              (r"question", good_json)])
+    good, failed = run_task(server, UltraFeedback, UF_ROWS)
+    assert [r["instruction"] for r in good] == ["question 0", "question 2"]
+    assert good[0]["ratings"] == [4, 2] and good[0]["rationales"] == ["clear", "vague"]
+    assert good[0]["model_name"] == "judge-model"
+    assert good[0]["synthpipe_metadata"]["raw_output_task"] == good_json
+    fmt = last_format(server)
+    assert fmt["type"] == "json_schema"
+    assert "assessments" in fmt["json_schema"]["schema"]["properties"]
+    (bad,) = failed
+    assert bad["data"]["instruction"] == "question 1" and "not valid JSON" in bad["message"]
+
+
+def test_ultrafeedback_text_mode_each_plain_aspect(server):
+    answer = ("#### Output for Text 1\nRating: 5\nRationale: follows it all\n\n"
+              "#### Output for Text 2\nRating: 3\nRationale: misses the length limit\n")
+    server.configure(answers=[(r"question", answer)])
+    for aspect in ("honesty", "instruction-following", "overall-rating"):
+        good, failed = run_task(server, UltraFeedback, UF_ROWS[:1], name=f"uf-{aspect}", aspect=aspect,
+                                use_default_structured_output=False)
+        assert failed == []
+        assert good[0]["ratings"] == [5, 3]
+        assert good[0]["rationales"] == ["follows it all", "misses the length limit"]
+        assert set(good[0]) >= {"ratings", "rationales"} and "types" not in good[0]
+        prompt = last_prompt(server)
+        assert "Output for Text <n>" in prompt and "answer 0b" in prompt
+        assert last_format(server) is None
+
+
+def test_ultrafeedback_typed_aspects_text_and_structured(server):
+    text = ("#### Output for Text 1\nType: 2\nRationale: contradicts the input\nRating: 2\nRationale: off\n"
+            "#### Output for Text 2\nType: None\nRationale: nothing invented\nRating: 5\nRationale: all true\n")
+    server.configure(answers=[(r"question", text)])
+    good, _ = run_task(server, UltraFeedback, UF_ROWS[:1], aspect="truthfulness", use_default_structured_output=False)
+    row = good[0]
+    assert row["types"] == [2, None] and row["ratings"] == [2, 5]
+    assert row["rationales"] == ["contradicts the input", "nothing invented"]
+    assert row["rationales-for-ratings"] == ["off", "all true"]
+    structured = json.dumps({"assessments": [
+        {"type": 1, "type_rationale": "clear", "rating": 4, "rationale": "good"},
+        {"type": None, "type_rationale": "none", "rating": 1, "rationale": "wrong"}]})
+    server.configure(answers=[(r"question", structured)])
+    good, _ = run_task(server, UltraFeedback, UF_ROWS[:1], name="uf-help", aspect="helpfulness")
+    assert good[0]["types"] == [1, None] and good[0]["ratings"] == [4, 1]
+    assert good[0]["rationales-for-ratings"] == ["good", "wrong"]
+
+
+def test_ultrafeedback_one_unreadable_rating_is_none_an_unreadable_answer_fails_the_row(server):
+    partial = "#### Output for Text 1\nRating: 4\nRationale: fine\n#### Output for Text 2\nRating: excellent\n"
+    server.configure(answers=[(r"question 0", partial), (r"question 1", "I think both are nice."),
+                              (r"question 2", "#### Output for Text 2\nRating: 1\nRationale: bad\n")])
+    good, failed = run_task(server, UltraFeedback, UF_ROWS, use_default_structured_output=False)
+    by_q = {r["instruction"]: r for r in good}
+    assert by_q["question 0"]["ratings"] == [4, None] and by_q["question 0"]["rationales"] == ["fine", None]
+    assert by_q["question 2"]["ratings"] == [None, 1]
+    (bad,) = failed
+    assert bad["data"]["instruction"] == "question 1"
+    assert bad["error_type"].endswith("UnparsableAnswer") and "I think both are nice." in bad["message"]
+
+
+def test_ultrafeedback_custom_template_and_missing_column(server):
+    server.configure(answers=[(r"CUSTOM", "#### Output for Text 1\nRating: 3\nRationale: ok\n")])
+    good, _ = run_task(server, UltraFeedback, [{"instruction": "q", "generations": ["a"]}],
+                       template="CUSTOM {{ instruction }} {{ generations[0] }}\n{{ answer_format }}",
+                       use_default_structured_output=False)
+    assert good[0]["ratings"] == [3]
+    assert last_prompt(server).startswith("You grade")  # the system prompt, then the user's template
+    with Pipeline(name="missing") as pipeline:
+        LoadDataFromDicts(data=[{"instruction": "q"}]) >> UltraFeedback(name="uf", llm=_llm(server))
+    with pytest.raises(PipelineValidationError, match="step 'uf' needs column 'generations'"):
+        pipeline.run()
+    with pytest.raises(ValueError, match="does not compile"):
+        UltraFeedback(llm=_llm(server), template="{% for %}")
