@@ -12,7 +12,7 @@ from synthpipe.errors import PipelineValidationError
 from synthpipe.models import OpenAILLM
 from synthpipe.pipeline import Pipeline
 from synthpipe.steps import LoadDataFromDicts
-from synthpipe.steps.tasks import UltraFeedback
+from synthpipe.steps.tasks import PrometheusEval, UltraFeedback
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_leftover_workers")]
 
@@ -129,3 +129,61 @@ def test_ultrafeedback_custom_template_and_missing_column(server):
         pipeline.run()
     with pytest.raises(ValueError, match="does not compile"):
         UltraFeedback(llm=_llm(server), template="{% for %}")
+
+
+# -- PrometheusEval ---------------------------------------------------------------------------
+
+
+def test_prometheus_absolute_text_with_and_without_reference(server):
+    server.configure(answers=[(r"broken", "Feedback: decent, but no verdict"),
+                              (r"seven", "Feedback: too good [RESULT] 7"),
+                              (r"q", "Feedback: accurate and complete. [RESULT] 4")])
+    rows = [{"instruction": "q1", "generation": "fine"}, {"instruction": "q2 broken", "generation": "x"},
+            {"instruction": "q3 seven", "generation": "y"}]
+    good, failed = run_task(server, PrometheusEval, rows, mode="absolute", rubric="factual-validity",
+                            use_default_structured_output=False)
+    assert [(r["feedback"], r["result"]) for r in good] == [("accurate and complete.", 4)]
+    prompt = last_prompt(server)
+    assert "Are the facts stated" in prompt and "Reference answer" not in prompt and "[RESULT]" in prompt
+    assert {f["data"]["instruction"] for f in failed} == {"q2 broken", "q3 seven"}
+    assert all(f["error_type"].endswith("UnparsableAnswer") for f in failed)
+    assert any("no verdict" in f["message"] for f in failed)
+
+    with_ref = [{"instruction": "q", "generation": "g", "reference": "the gold answer"}]
+    good, _ = run_task(server, PrometheusEval, with_ref, name="ref", mode="absolute", rubric="helpfulness",
+                       reference=True, use_default_structured_output=False)
+    assert good[0]["result"] == 4 and "the gold answer" in last_prompt(server)
+    with Pipeline(name="noref") as pipeline:
+        LoadDataFromDicts(data=rows) >> PrometheusEval(name="p", llm=_llm(server), mode="absolute",
+                                                       rubric="honesty", reference=True)
+    with pytest.raises(PipelineValidationError, match="step 'p' needs column 'reference'"):
+        pipeline.run()
+
+
+def test_prometheus_relative_structured_and_text(server):
+    server.configure(answers=[(r"bad", '{"feedback": "both fine", "result": "C"}'),
+                              (r"q", '{"feedback": "B is exact", "result": "B"}')])
+    rows = [{"instruction": "q1", "generations": ["a", "b"]}, {"instruction": "q2 bad", "generations": ["a", "b"]},
+            {"instruction": "q3", "generations": ["only one"]}]
+    good, failed = run_task(server, PrometheusEval, rows, mode="relative", rubric="reasoning")
+    assert [(r["instruction"], r["feedback"], r["result"]) for r in good] == [("q1", "B is exact", "B")]
+    assert last_format(server)["json_schema"]["schema"]["properties"]["result"]["enum"] == ["A", "B"]
+    failed = {f["data"]["instruction"]: f for f in failed}
+    assert "not one of the enum" in failed["q2 bad"]["message"] or "C" in failed["q2 bad"]["message"]
+    assert "exactly two 'generations'" in failed["q3"]["message"]
+
+    server.configure(answers=[(r"q", "Feedback: A reasons step by step; B skips a step.\n[RESULT] A")])
+    good, _ = run_task(server, PrometheusEval, rows[:1], name="rel-text", mode="relative", rubric="reasoning",
+                       use_default_structured_output=False)
+    assert good[0]["result"] == "A" and good[0]["feedback"].startswith("A reasons")
+    assert "Response B" in last_prompt(server)
+
+
+def test_prometheus_custom_rubric_and_unknown_rubric(server):
+    server.configure(answers=[(r"q", '{"feedback": "concise", "result": 5}')])
+    rubrics = {"brevity": "[Is it short?]\nScore 1: rambling.\nScore 5: as short as can be."}
+    good, _ = run_task(server, PrometheusEval, [{"instruction": "q", "generation": "g"}], mode="absolute",
+                       rubric="brevity", rubrics=rubrics)
+    assert good[0]["result"] == 5 and "[Is it short?]" in last_prompt(server)
+    with pytest.raises(ValueError, match="rubric 'brevity' is not one of"):
+        PrometheusEval(llm=_llm(server), mode="absolute", rubric="brevity")

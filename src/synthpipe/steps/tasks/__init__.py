@@ -8,3 +8,7 @@ __all__ = ["ChatGeneration", "Task", "TextGeneration"]
 from synthpipe.steps.tasks.ultrafeedback import UltraFeedback  # noqa: E402
 
 __all__ += ["UltraFeedback"]
+
+from synthpipe.steps.tasks.prometheus_eval import PrometheusEval  # noqa: E402
+
+__all__ += ["PrometheusEval"]
