@@ -12,7 +12,14 @@ from synthpipe.errors import PipelineValidationError
 from synthpipe.models import OpenAILLM
 from synthpipe.pipeline import Pipeline
 from synthpipe.steps import LoadDataFromDicts
-from synthpipe.steps.tasks import PrometheusEval, UltraFeedback
+from synthpipe.steps.tasks import (
+    CLAIR,
+    ComplexityScorer,
+    InstructionBacktranslation,
+    PrometheusEval,
+    QualityScorer,
+    UltraFeedback,
+)
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_leftover_workers")]
 
@@ -187,3 +194,66 @@ def test_prometheus_custom_rubric_and_unknown_rubric(server):
     assert good[0]["result"] == 5 and "[Is it short?]" in last_prompt(server)
     with pytest.raises(ValueError, match="rubric 'brevity' is not one of"):
         PrometheusEval(llm=_llm(server), mode="absolute", rubric="brevity")
+
+
+# -- the scorers ------------------------------------------------------------------------------
+
+
+def test_complexity_scorer_text_structured_partial_and_malformed(server):
+    rows = [{"instructions": [f"task {i} simple", f"task {i} harder", f"task {i} hardest"]} for i in range(3)]
+    server.configure(answers=[(r"task 1 simple", "[1] Score: 1\n[2] Score: 3.5\n[3] Score: lots"),
+                              (r"task 2 simple", "They are all complex."),
+                              (r"task", "[1] Score: 1\n[2] Score: 3\n[3] Score: 6")])
+    good, failed = run_task(server, ComplexityScorer, rows, use_default_structured_output=False)
+    assert [r["scores"] for r in good] == [[1.0, 3.0, 6.0], [1.0, 3.5, None]]  # unreadable entry: None
+    assert "[1] task 0 simple" in last_prompt(server) or "[1] task" in last_prompt(server)
+    (bad,) = failed
+    assert bad["data"]["instructions"][0] == "task 2 simple" and "They are all complex." in bad["message"]
+
+    server.configure(answers=[(r"task 1", '{"scores": [2, 4]}'), (r"task", '{"scores": [1, 2, 3]}')])
+    good, failed = run_task(server, ComplexityScorer, rows[:2], name="cs-json")
+    assert [r["scores"] for r in good] == [[1.0, 2.0, 3.0], [2.0, 4.0, None]]
+    assert last_format(server)["json_schema"]["schema"]["required"] == ["scores"]
+    assert failed == []
+
+
+def test_quality_scorer_text_and_structured(server):
+    rows = [{"instruction": "explain tides", "responses": ["the moon", "gravity of moon and sun, with detail"]}]
+    server.configure(answers=[(r"tides", "[Response 1] Score: 2\n[Response 2] Score: 5")])
+    good, _ = run_task(server, QualityScorer, rows, use_default_structured_output=False)
+    assert good[0]["scores"] == [2.0, 5.0]
+    assert "[Response 2] gravity" in last_prompt(server)
+    server.configure(answers=[(r"tides", '{"scores": [3, 9]}')])  # 9 breaks the schema's maximum
+    good, failed = run_task(server, QualityScorer, rows, name="qs-json")
+    assert good == [] and failed[0]["error_type"].endswith("InvalidStructuredOutput")
+    assert '{"scores": [3, 9]}' in failed[0]["message"]
+
+
+def test_instruction_backtranslation_text_structured_and_malformed(server):
+    rows = [{"instruction": "q1", "generation": "g1"}, {"instruction": "q2 vague", "generation": "g2"}]
+    server.configure(answers=[(r"q2 vague", "It is fine I suppose."),
+                              (r"q1", "Focused, complete and in an assistant's voice.\nScore: 5")])
+    good, failed = run_task(server, InstructionBacktranslation, rows, use_default_structured_output=False)
+    assert [(r["score"], r["reason"]) for r in good] == [(5, "Focused, complete and in an assistant's voice.")]
+    assert failed[0]["data"]["instruction"] == "q2 vague" and failed[0]["error_type"].endswith("UnparsableAnswer")
+    server.configure(answers=[(r"q", '{"reason": "copied from a blog", "score": 2}')])
+    good, _ = run_task(server, InstructionBacktranslation, rows[:1], name="ib-json")
+    assert (good[0]["score"], good[0]["reason"]) == (2, "copied from a blog")
+
+
+def test_clair_text_structured_and_malformed(server):
+    rows = [{"task": "add 2 and 2", "student_solution": "2 + 2 = 5"},
+            {"task": "name a colour", "student_solution": "blue"}]
+    server.configure(answers=[(r"colour", "Looks fine to me."),
+                              (r"add", "Teacher Reasoning: the sum is wrong.\n\n"
+                                       "Corrected Student Solution:\n2 + 2 = 4")])
+    good, failed = run_task(server, CLAIR, rows, use_default_structured_output=False)
+    assert [(r["revision"], r["rational"]) for r in good] == [("2 + 2 = 4", "the sum is wrong.")]
+    assert failed[0]["data"]["task"] == "name a colour" and "Looks fine to me." in failed[0]["message"]
+    server.configure(answers=[(r"add", '{"rational": "off by one", "revision": "2 + 2 = 4"}')])
+    good, _ = run_task(server, CLAIR, rows[:1], name="clair-json")
+    assert good[0]["revision"] == "2 + 2 = 4" and good[0]["rational"] == "off by one"
+    with Pipeline(name="missing") as pipeline:
+        LoadDataFromDicts(data=[{"task": "t"}]) >> CLAIR(name="clair", llm=_llm(server))
+    with pytest.raises(PipelineValidationError, match="step 'clair' needs column 'student_solution'"):
+        pipeline.run()

@@ -12,3 +12,11 @@ __all__ += ["UltraFeedback"]
 from synthpipe.steps.tasks.prometheus_eval import PrometheusEval  # noqa: E402
 
 __all__ += ["PrometheusEval"]
+
+from synthpipe.steps.tasks.scorers import ComplexityScorer, InstructionBacktranslation, QualityScorer  # noqa: E402
+
+__all__ += ["ComplexityScorer", "InstructionBacktranslation", "QualityScorer"]
+
+from synthpipe.steps.tasks.clair import CLAIR  # noqa: E402
+
+__all__ += ["CLAIR"]
