@@ -20,3 +20,12 @@ __all__ += ["ComplexityScorer", "InstructionBacktranslation", "QualityScorer"]
 from synthpipe.steps.tasks.clair import CLAIR  # noqa: E402
 
 __all__ += ["CLAIR"]
+
+from synthpipe.steps.tasks.sentence_pair import GenerateSentencePair  # noqa: E402
+from synthpipe.steps.tasks.text_classification import TextClassification  # noqa: E402
+
+__all__ += ["GenerateSentencePair", "TextClassification"]
+
+from synthpipe.steps.tasks.text_clustering import TextClustering  # noqa: E402
+
+__all__ += ["TextClustering"]
