@@ -257,3 +257,39 @@ def test_clair_text_structured_and_malformed(server):
         LoadDataFromDicts(data=[{"task": "t"}]) >> CLAIR(name="clair", llm=_llm(server))
     with pytest.raises(PipelineValidationError, match="step 'clair' needs column 'student_solution'"):
         pipeline.run()
+
+
+# -- an unusable answer is asked for again, and a real local engine ---------------------------
+
+
+def test_an_unparsable_judgement_is_not_cached_and_retry_failed_asks_again(server):
+    server.configure(answers=[(r"q", "no verdict here")])
+    with Pipeline(name="retry-judge") as pipeline:
+        LoadDataFromDicts(data=[{"instruction": "q", "generation": "g"}]) >> PrometheusEval(
+            name="p", llm=_llm(server), mode="absolute", rubric="honesty", use_default_structured_output=False)
+    first = pipeline.run()
+    assert len(first.failed_rows) == 1 and first.failed_rows[0]["error_type"].endswith("UnparsableAnswer")
+    server.configure(answers=[(r"q", "Feedback: candid. [RESULT] 5")])
+    before = server.total_requests
+    retried = pipeline.run(retry_failed=True)
+    assert retried.failed_rows == [] and retried["default"]["train"].to_list()[0]["result"] == 5
+    assert server.total_requests == before + 1  # asked again, not served the bad answer from the cache
+
+
+@pytest.mark.timeout(240)
+def test_a_judge_on_a_tiny_local_model_fails_noise_rows_alone(tiny_llama_dir):
+    """A random-weight model writes noise: every row is a result or a failed row with the raw
+    text, never a crashed batch."""
+    from synthpipe.models.transformers import TransformersLLM
+
+    llm = TransformersLLM(model=str(tiny_llama_dir), device="cpu")
+    rows = [{"instruction": f"question {i}", "generation": f"answer {i}"} for i in range(3)]
+    with Pipeline(name="tiny-judge") as pipeline:
+        LoadDataFromDicts(data=rows) >> PrometheusEval(name="p", llm=llm, mode="absolute", rubric="helpfulness",
+                                                       use_default_structured_output=False)
+    result = pipeline.run(parameters={"p": {"llm": {"generation_kwargs": {"max_new_tokens": 12}}}})
+    good = result["default"]["train"].to_list() if "default" in result else []
+    assert len(good) + len(result.failed_rows) == 3
+    assert all(r["result"] in (1, 2, 3, 4, 5) for r in good)
+    for failed in result.failed_rows:
+        assert failed["error_type"].endswith("UnparsableAnswer") and "raw output" in failed["message"]
