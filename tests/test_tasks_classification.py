@@ -4,6 +4,8 @@ malformed answers failing their rows alone."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from synthpipe.errors import PipelineValidationError, StepFailed
@@ -101,7 +103,7 @@ def test_text_clustering_labels_each_cluster_once(server):
             + [{"text": f"galaxy {i}", "cluster_label": 2} for i in range(2)]
             + [{"text": "stray", "cluster_label": -1}])
     good, failed = run_task(server, TextClustering, rows, samples_per_cluster=5)
-    labels = {r["text"]: r["summary_label"] for r in good}
+    labels = {r["text"]: json.loads(r["summary_label"]) for r in good}  # JSON-encoded, as distilabel's
     assert all(labels[f"apple {i}"] == "fruit" for i in range(15))
     assert all(labels[f"python {i}"] == "programming" for i in range(3))
     assert labels["stray"] == "Unclassified" and labels["galaxy 1"] == "space"
@@ -117,7 +119,7 @@ def test_text_clustering_text_mode(server):
     server.configure(answers=[(r"apple", "Labels: fruit, food")])
     rows = [{"text": f"apple {i}", "cluster_label": 0, "projection": [0.1 * i, 0.2]} for i in range(4)]
     good, failed = run_task(server, TextClustering, rows, n=2, use_default_structured_output=False)
-    assert failed == [] and [r["summary_label"] for r in good] == [["fruit", "food"]] * 4
+    assert failed == [] and [json.loads(r["summary_label"]) for r in good] == [["fruit", "food"]] * 4
 
 
 def test_text_clustering_an_unusable_cluster_answer_stops_the_run_with_the_raw_text(server):

@@ -8,6 +8,7 @@ annotation prompt of ``TextClassification`` (Gilardi et al., 2023, arXiv:2303.15
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any, ClassVar
 
@@ -27,7 +28,8 @@ class TextClustering(TextClassification, GlobalStep):
     """A global task: it sees every row at once, groups them by ``cluster_label`` (from an
     upstream clustering step; ``projection`` is accepted and not needed), sends up to
     ``samples_per_cluster`` texts of each cluster in one request, and writes the labels into
-    ``summary_label`` of every row of that cluster (a string when ``n == 1``, else a list).
+    ``summary_label`` of every row of that cluster, JSON-encoded as distilabel does (``'"fruit"'``
+    when ``n == 1``, ``'["fruit", "food"]'`` else), so the column has one type.
     Rows of the noise cluster (``-1``) get ``default_label`` without a request.
 
     The engine keeps no failed rows for a global step (its one batch succeeds or fails), so a
@@ -86,14 +88,14 @@ class TextClustering(TextClassification, GlobalStep):
                 meta[f"raw_input_{self.name}"] = chats[i]
             if self.add_raw_output:
                 meta[f"raw_output_{self.name}"] = text
-            return {"summary_label": self.parse_labels(text), "meta": meta}
+            return {"summary_label": json.dumps(self.parse_labels(text)), "meta": meta}
 
         results = await generate_cached(self.llm, chats, 1, accept, read=self.use_cache,
                                         **dict(self.llm.generation_kwargs))
         labels: dict[Any, Any] = {}
         default = self._defaults[0] if self.n == 1 and self._defaults else list(self._defaults)
         if -1 in clusters:
-            labels[-1] = {"summary_label": default, "meta": {}}
+            labels[-1] = {"summary_label": json.dumps(default), "meta": {}}
         for cluster, result in zip(named, results, strict=True):
             if isinstance(result, BaseException):
                 result.add_note(f"while labelling cluster {cluster} ({len(clusters[cluster])} rows)")
