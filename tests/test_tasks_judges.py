@@ -5,9 +5,14 @@ with the answer asked for as structured output (JSON) and as text, and with malf
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from conftest import python_path
 from synthpipe.errors import PipelineValidationError
 from synthpipe.models import OpenAILLM
 from synthpipe.pipeline import Pipeline
@@ -293,3 +298,26 @@ def test_a_judge_on_a_tiny_local_model_fails_noise_rows_alone(tiny_llama_dir):
     assert all(r["result"] in (1, 2, 3, 4, 5) for r in good)
     for failed in result.failed_rows:
         assert failed["error_type"].endswith("UnparsableAnswer") and "raw output" in failed["message"]
+
+
+def test_several_judgements_per_row_grouped_with_their_statistics(server):
+    server.configure(answers=[(r"q", "Helpful.\nScore: 4")])
+    good, _ = run_task(server, InstructionBacktranslation, [{"instruction": "q", "generation": "g"}],
+                       num_generations=2, group_generations=True, use_default_structured_output=False)
+    row = good[0]
+    assert row["score"] == [4, 4] and row["reason"] == ["Helpful.", "Helpful."]
+    meta = row["synthpipe_metadata"]
+    assert meta["raw_output_task"] == ["Helpful.\nScore: 4"] * 2
+    assert len(meta["statistics_task"]["output_tokens"]) == 2
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("recipe, expect", [("ultrafeedback.py", "ratings [3, 5]"),
+                                            ("prometheus_eval.py", "[relative]")])
+def test_the_recipes_run_offline_from_a_shell(tmp_path, recipe, expect):
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": python_path(root / "src"), "SYNTHPIPE_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(root / "examples" / recipe)], capture_output=True, text=True,
+                          timeout=200, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert expect in done.stdout and "0 row(s) failed" in done.stdout
