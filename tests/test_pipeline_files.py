@@ -72,9 +72,16 @@ def _exported(module: Any, base: type) -> list[type]:
     return found
 
 
+KNOWN_VALUES = {"rubric": "helpfulness"}  # required fields whose value must be one of the task's own
+
+
 def _simple_value(annotation: Any, field: str) -> Any:
     """A plain value for a required field, by its type (how a new class gets covered)."""
+    if field in KNOWN_VALUES:
+        return KNOWN_VALUES[field]
     origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return typing.get_args(annotation)[0]
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _simple_value(args[0], field)

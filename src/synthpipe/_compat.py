@@ -135,12 +135,13 @@ _TYPING: dict[str, str | No] = {
 _STEPS: dict[str, str | No] = {
     "StepColumns": "synthpipe.typing:StepColumns",
     "EmbeddingGeneration": "synthpipe.steps.embeddings:EmbeddingGeneration",
+    "TextClustering": "synthpipe.steps.tasks.text_clustering:TextClustering",
     **{name: _step(name) for name in [
         "CombineOutputs", "ConversationTemplate", "DataSampler", "DeitaFiltering", "EmbeddingDedup",
         "ExpandColumns", "FaissNearestNeighbour", "FormatChatGenerationDPO", "FormatChatGenerationSFT",
         "FormatTextGenerationDPO", "FormatTextGenerationSFT", "GroupColumns", "CombineColumns", "KeepColumns",
         "LoadDataFromDisk", "LoadDataFromFileSystem", "LoadDataFromHub", "MergeColumns", "MinHashDedup",
-        "PushToHub", "RewardModelScore", "TextClustering", "TruncateTextColumn", "UMAP", "DBSCAN",
+        "PushToHub", "RewardModelScore", "TruncateTextColumn", "UMAP", "DBSCAN",
     ]},
     "MinHash": No("distilabel 1.5 replaced MinHash/MinHashLSH with MinHashDedup, which is not in synthpipe's "
                   "step library yet"),
@@ -163,13 +164,10 @@ _TASKS: dict[str, str | No] = {
     "task": No("the @task decorator is not supported yet; subclass synthpipe.steps.tasks.Task"),
     **{name: _task(name) for name in [
         "APIGenExecutionChecker", "APIGenGenerator", "APIGenSemanticChecker", "ArgillaLabeller",
-        "BitextRetrievalGenerator", "CLAIR", "ComplexityScorer", "EmbeddingTaskGenerator",
-        "FormatPRM",
-        "GenerateEmbeddings", "GenerateLongTextMatchingData", "GenerateSentencePair",
-        "GenerateShortTextMatchingData", "GenerateTextClassificationData", "GenerateTextRetrievalData",
-        "InstructionBacktranslation", "MathShepherdCompleter",
-        "MathShepherdGenerator", "MonolingualTripletGenerator", "PairRM", "PrometheusEval", "QualityScorer",
-        "TextClassification", "UltraFeedback",
+        "BitextRetrievalGenerator", "EmbeddingTaskGenerator", "FormatPRM", "GenerateEmbeddings",
+        "GenerateLongTextMatchingData", "GenerateShortTextMatchingData", "GenerateTextClassificationData",
+        "GenerateTextRetrievalData", "MathShepherdCompleter", "MathShepherdGenerator",
+        "MonolingualTripletGenerator", "PairRM",
     ]},
 }
 

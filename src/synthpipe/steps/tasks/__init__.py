@@ -2,17 +2,46 @@
 
 from synthpipe import _compat
 from synthpipe.steps.tasks.base import Task
+from synthpipe.steps.tasks.clair import CLAIR
 from synthpipe.steps.tasks.evol_generator import EvolComplexityGenerator, EvolInstructGenerator
 from synthpipe.steps.tasks.evol_instruct import EvolComplexity, EvolInstruct, EvolQuality
 from synthpipe.steps.tasks.generation import StructuredGeneration, TextGenerationWithImage
 from synthpipe.steps.tasks.instructions import URIAL, Genstruct, SelfInstruct
 from synthpipe.steps.tasks.magpie import Magpie, MagpieGenerator
+from synthpipe.steps.tasks.prometheus_eval import PrometheusEval
+from synthpipe.steps.tasks.scorers import ComplexityScorer, InstructionBacktranslation, QualityScorer
+from synthpipe.steps.tasks.sentence_pair import GenerateSentencePair
+from synthpipe.steps.tasks.text_classification import TextClassification
+from synthpipe.steps.tasks.text_clustering import TextClustering
 from synthpipe.steps.tasks.text_generation import ChatGeneration, TextGeneration
+from synthpipe.steps.tasks.ultrafeedback import UltraFeedback
 
-__all__ = ["ChatGeneration", "Task", "TextGeneration"]
-__all__ += ["EvolComplexity", "EvolComplexityGenerator", "EvolInstruct", "EvolInstructGenerator", "EvolQuality",
-            "Genstruct", "SelfInstruct", "StructuredGeneration", "TextGenerationWithImage", "URIAL"]
-__all__ += ["Magpie", "MagpieGenerator"]
+__all__ = [
+    "CLAIR",
+    "URIAL",
+    "ChatGeneration",
+    "ComplexityScorer",
+    "EvolComplexity",
+    "EvolComplexityGenerator",
+    "EvolInstruct",
+    "EvolInstructGenerator",
+    "EvolQuality",
+    "GenerateSentencePair",
+    "Genstruct",
+    "InstructionBacktranslation",
+    "Magpie",
+    "MagpieGenerator",
+    "PrometheusEval",
+    "QualityScorer",
+    "SelfInstruct",
+    "StructuredGeneration",
+    "Task",
+    "TextClassification",
+    "TextClustering",
+    "TextGeneration",
+    "TextGenerationWithImage",
+    "UltraFeedback",
+]
 
 # distilabel names this package lacks: what they are here, or what to use instead (synthpipe/_compat.py)
 __getattr__, __dir__ = _compat.install(__name__, globals())
