@@ -4,3 +4,20 @@ from synthpipe.steps.tasks.base import Task
 from synthpipe.steps.tasks.text_generation import ChatGeneration, TextGeneration
 
 __all__ = ["ChatGeneration", "Task", "TextGeneration"]
+
+from synthpipe.steps.tasks.embedding_data import (  # noqa: E402
+    BitextRetrievalGenerator,
+    EmbeddingTaskGenerator,
+    GenerateLongTextMatchingData,
+    GenerateShortTextMatchingData,
+    GenerateTextClassificationData,
+    GenerateTextRetrievalData,
+    MonolingualTripletGenerator,
+)
+from synthpipe.steps.tasks.generator_task import GeneratorTask  # noqa: E402
+
+__all__ += [
+    "BitextRetrievalGenerator", "EmbeddingTaskGenerator", "GenerateLongTextMatchingData",
+    "GenerateShortTextMatchingData", "GenerateTextClassificationData", "GenerateTextRetrievalData",
+    "GeneratorTask", "MonolingualTripletGenerator",
+]
