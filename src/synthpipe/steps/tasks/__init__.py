@@ -21,3 +21,7 @@ __all__ += [
     "GenerateShortTextMatchingData", "GenerateTextClassificationData", "GenerateTextRetrievalData",
     "GeneratorTask", "MonolingualTripletGenerator",
 ]
+
+from synthpipe.steps.tasks.math_shepherd import FormatPRM, MathShepherdCompleter, MathShepherdGenerator  # noqa: E402
+
+__all__ += ["FormatPRM", "MathShepherdCompleter", "MathShepherdGenerator"]
