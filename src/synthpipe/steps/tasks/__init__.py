@@ -25,3 +25,7 @@ __all__ += [
 from synthpipe.steps.tasks.math_shepherd import FormatPRM, MathShepherdCompleter, MathShepherdGenerator  # noqa: E402
 
 __all__ += ["FormatPRM", "MathShepherdCompleter", "MathShepherdGenerator"]
+
+from synthpipe.steps.tasks.apigen import APIGenExecutionChecker, APIGenGenerator, APIGenSemanticChecker  # noqa: E402
+
+__all__ += ["APIGenExecutionChecker", "APIGenGenerator", "APIGenSemanticChecker"]
