@@ -163,3 +163,40 @@ def test_short_text_matching_on_a_tiny_llama_cpp_model(tiny_gguf):
         assert isinstance(row["input"], str) and isinstance(row["positive_document"], str)
     for failed in result.failed_rows:  # a random model's JSON with an empty field: kept with the raw text
         assert "raw output" in failed["message"]
+
+
+@pytest.mark.timeout(300)
+def test_generate_embeddings_mean_pools_a_tiny_llamas_last_hidden_states(tiny_llama_dir):
+    import numpy as np
+
+    from synthpipe.models.transformers import TransformersLLM
+    from synthpipe.steps.tasks import GenerateEmbeddings
+
+    with Pipeline(name="hidden-states") as pipeline:
+        strings = LoadDataFromDicts(name="strings", data=[{"text": "a short text"}, {"text": "something else"}])
+        chats = LoadDataFromDicts(name="chats", data=[{"text": [{"role": "user", "content": "a short text"}]}])
+        strings >> GenerateEmbeddings(name="embed", llm=TransformersLLM(model=str(tiny_llama_dir), device="cpu"))
+        chats >> GenerateEmbeddings(name="embed_chat", llm=TransformersLLM(model=str(tiny_llama_dir), device="cpu"))
+    result = pipeline.run()
+    rows = _rows(result, "embed")
+    (chat_row,) = _rows(result, "embed_chat")
+    vectors = [np.array(r["embedding"]) for r in (rows[0], chat_row, rows[1])]
+    assert all(v.ndim == 1 and v.size > 1 and np.isfinite(v).all() for v in vectors)
+    assert np.allclose(vectors[0], vectors[1], atol=1e-5)  # a string is the same as its one-turn chat
+    assert not np.allclose(vectors[0], vectors[2])
+    assert rows[0]["model_name"] == str(tiny_llama_dir)
+
+    llm = TransformersLLM(model=str(tiny_llama_dir), device="cpu")
+    llm.load()
+    (state,) = llm.get_last_hidden_states([[{"role": "user", "content": "a short text"}]])
+    assert np.allclose(state.mean(axis=0), vectors[0], atol=1e-5)
+
+
+def test_generate_embeddings_refuses_a_model_without_hidden_states(srv):
+    from synthpipe.steps.tasks import GenerateEmbeddings
+
+    with Pipeline(name="hidden-states-remote") as pipeline:
+        LoadDataFromDicts(data=[{"text": "x"}]) >> GenerateEmbeddings(name="embed", llm=_llm(srv))
+    with pytest.raises(Exception, match="OpenAILLM exposes no hidden states"):
+        pipeline.run()
+    assert srv.total_requests == 0

@@ -29,3 +29,7 @@ __all__ += ["FormatPRM", "MathShepherdCompleter", "MathShepherdGenerator"]
 from synthpipe.steps.tasks.apigen import APIGenExecutionChecker, APIGenGenerator, APIGenSemanticChecker  # noqa: E402
 
 __all__ += ["APIGenExecutionChecker", "APIGenGenerator", "APIGenSemanticChecker"]
+
+from synthpipe.steps.tasks.generate_embeddings import GenerateEmbeddings  # noqa: E402
+
+__all__ += ["GenerateEmbeddings"]
