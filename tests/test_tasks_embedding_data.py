@@ -119,7 +119,7 @@ def test_random_knobs_are_seeded_per_row_and_a_template_can_be_replaced(srv):
 def test_triplet_and_bitext_generators_start_a_pipeline(srv):
     srv.configure(answers=[(r"translations", json.dumps({"S1": "Hello", "S2": "Bonjour", "S3": "Au revoir"}))])
     with Pipeline(name="embed-gen") as pipeline:
-        MonolingualTripletGenerator(name="mono", llm=_llm(srv), num_generations=3, unit="sentence")
+        MonolingualTripletGenerator(name="mono", llm=_llm(srv), num_generations=3, unit="sentence", batch_size=2)
         BitextRetrievalGenerator(name="bitext", llm=_llm(srv), target_language="French",
                                  use_default_structured_output=False)
     result = pipeline.run()

@@ -110,4 +110,8 @@ class GeneratorTask(GeneratorStep):
                     meta[f"raw_output_{self.name}"] = text
                 for columns in self.format_output(text):
                     rows.append({**columns, "model_name": self.llm.model_name, METADATA_COLUMN: dict(meta)})
-        yield rows[offset:], True
+        rows = rows[offset:]  # a resumed run: the rows before offset are stored already
+        if not rows:
+            yield [], True
+        for start in range(0, len(rows), self.batch_size):
+            yield rows[start:start + self.batch_size], start + self.batch_size >= len(rows)
