@@ -131,3 +131,36 @@ def test_missing_columns_and_bad_solutions_are_named(srv):
         LoadDataFromDicts(data=[{"instruction": PROBLEM, "solutions": ["Step 1: x"]}]) >> FormatPRM(name="fmt")
     with pytest.raises(Exception, match="fmt.*does not end in one of the tags"):
         pipeline.run()
+
+
+def test_a_completer_row_that_failed_is_asked_again_by_retry_failed(srv):
+    srv.configure(answers=[(r"Problem: Tom", "no steps at all")])
+    rows = [{"instruction": PROBLEM, "golden_solution": GOLDEN.split("\n"), "solutions": [GOLDEN.split("\n")]}]
+    with Pipeline(name="shepherd-retry") as pipeline:
+        LoadDataFromDicts(data=rows) >> MathShepherdCompleter(name="label", llm=_llm(srv),
+                                                              use_default_structured_output=False)
+    first = pipeline.run()
+    assert len(first.failed_rows) == 1 and "no steps at all" in first.failed_rows[0]["message"]
+    srv.configure(answers=[(r"Problem: Tom", "Step 2: 12 - 2 = 10.\nThe answer is: 10")])
+    retried = pipeline.run(retry_failed=True)
+    assert retried.failed_rows == []
+    (row,) = _rows(retried)
+    assert row["solutions"][0][0].endswith(" +")
+
+
+@pytest.mark.timeout(300)
+def test_generator_on_a_tiny_llama_cpp_model_keeps_every_row_accounted_for(tiny_gguf):
+    pytest.importorskip("llama_cpp")
+    from synthpipe.models.llamacpp import LlamaCppLLM
+
+    problems = [{"instruction": f"{PROBLEM} ({i})"} for i in range(3)]
+    with Pipeline(name="shepherd-tiny") as pipeline:
+        LoadDataFromDicts(data=problems) >> MathShepherdGenerator(
+            name="gen", llm=LlamaCppLLM(model_path=str(tiny_gguf), n_ctx=1024, n_threads=1), M=2)
+    result = pipeline.run(parameters={"gen": {"llm": {"generation_kwargs": {"max_new_tokens": 80}}}})
+    rows = _rows(result) if "default" in result else []
+    assert len(rows) + len(result.failed_rows) == len(problems)
+    for row in rows:
+        assert len(row["solutions"]) == 2 and all(isinstance(s, list) and s for s in row["solutions"])
+    for failed in result.failed_rows:  # random text has no "Step i:": the raw output is kept
+        assert "raw output" in failed["message"]
