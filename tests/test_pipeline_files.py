@@ -95,6 +95,9 @@ def _simple_value(annotation: Any, field: str) -> Any:
             if issubclass(annotation, kind):
                 return value
     if origin in (list, tuple) or annotation in (list, tuple):
+        items = typing.get_args(annotation)
+        if items and isinstance(items[0], type) and issubclass(items[0], LLM):  # proposers_llms, say
+            return [_simple_value(items[0], field)]
         return []
     if origin is dict or annotation is dict:
         return {}

@@ -81,7 +81,7 @@ _LLMS: dict[str, str | No] = {
     "MistralLLM": _llm("MistralLLM", _VIA_LITELLM.format(prefix="mistral")),
     "VertexAILLM": _llm("VertexAILLM", _VIA_LITELLM.format(prefix="vertex_ai")),
     "MlxLLM": _llm("MlxLLM"),
-    "MixtureOfAgentsLLM": _llm("MixtureOfAgentsLLM"),
+    "MixtureOfAgentsLLM": "synthpipe.models.mixture_of_agents:MixtureOfAgentsLLM",
     "SGLang": _llm("SGLang (in-process)", "a `python -m sglang.launch_server` endpoint speaks OpenAI's format: "
                    "use OpenAILLM(base_url=...)"),
     "ClientSGLang": _llm("ClientSGLang", _OPENAI_COMPATIBLE),
@@ -158,17 +158,11 @@ _STEPS: dict[str, str | No] = {
 _TASKS: dict[str, str | No] = {
     "ChatType": "synthpipe.models.base:ChatType",
     "ChatItem": "synthpipe.typing:ChatItem",
-    "GeneratorTask": No("GeneratorTask is not supported yet: a GeneratorStep feeding a Task does its job"),
     "ImageTask": _NO_IMAGES,
     "ImageGeneration": _NO_IMAGES,
     "task": No("the @task decorator is not supported yet; subclass synthpipe.steps.tasks.Task"),
-    **{name: _task(name) for name in [
-        "APIGenExecutionChecker", "APIGenGenerator", "APIGenSemanticChecker", "ArgillaLabeller",
-        "BitextRetrievalGenerator", "EmbeddingTaskGenerator", "FormatPRM", "GenerateEmbeddings",
-        "GenerateLongTextMatchingData", "GenerateShortTextMatchingData", "GenerateTextClassificationData",
-        "GenerateTextRetrievalData", "MathShepherdCompleter", "MathShepherdGenerator",
-        "MonolingualTripletGenerator", "PairRM",
-    ]},
+    "ArgillaLabeller": _task("ArgillaLabeller"),
+    "PairRM": _task("PairRM"),
 }
 
 _PIPELINE: dict[str, str | No] = {

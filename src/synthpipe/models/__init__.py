@@ -20,6 +20,7 @@ _LAZY = {  # backends whose modules are only imported when named (they pull in m
     "LiteLLM": "synthpipe.models.litellm",
     "TransformersLLM": "synthpipe.models.transformers",
     "LlamaCppLLM": "synthpipe.models.llamacpp",
+    "MixtureOfAgentsLLM": "synthpipe.models.mixture_of_agents",
     "LlamaCppEmbeddings": "synthpipe.models.llamacpp",
     "SentenceTransformerEmbeddings": "synthpipe.models.sentence_transformers",
     "vLLM": "synthpipe.models.vllm",

@@ -83,6 +83,21 @@ class TransformersLLM(MagpieChatTemplateMixin, BatchLLM):
     def prompt(self, chat: ChatType) -> str:
         return self._tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
 
+    def get_last_hidden_states(self, inputs: list[ChatType]) -> list[Any]:
+        """Per input, the last layer's hidden state of each prompt token (a tokens x hidden numpy
+        array), for ``GenerateEmbeddings``. One prompt at a time, so no padding enters a state."""
+        if self._model is None:
+            self.load()
+        import torch
+
+        states = []
+        with torch.no_grad():
+            for chat in inputs:
+                encoded = self._tokenizer(self.prompt(chat), return_tensors="pt", add_special_tokens=False)
+                output = self._model(**encoded.to(self._model.device), output_hidden_states=True)
+                states.append(output.hidden_states[-1][0].float().cpu().numpy())
+        return states
+
     def generate_batch(self, inputs: list[ChatType], num_generations: int = 1, **kwargs: Any) -> list[GenerateOutput]:
         if self._model is None:
             self.load()
