@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from synthpipe.accounting import Accounting
 from synthpipe.distiset import Distiset
 from synthpipe.errors import RunInterrupted
 from synthpipe.models.cache import RESPONSE
@@ -171,6 +172,8 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
         stored_sources={step: {seq: b.sources for seq, b in batches.items() if b.sources is not None}
                         for step, batches in stored.items()},
     )
+    accounting = Accounting(plan, pipeline.name, store.root, run_dir.path, durable,
+                            getattr(pipeline, "prices", None), getattr(pipeline, "max_budget", None))
     progress = Progress(scheduler.stats())
     warned: set[tuple[str | None, str]] = set()
     responses = ResponseLog(store.responses_folder)
@@ -186,6 +189,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
                    error.headline())
 
     def persist(action: Persist, data: bytes | None) -> None:
+        accounting.stored(action.step, action.seq, action.rows, action.inputs, action.failed)
         if durable:
             store.persist(action.step, signatures[action.step], action.seq, data or batch_format.encode(action.rows),
                           len(action.rows), action.last,
@@ -197,6 +201,8 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
 
     def tick() -> None:
         progress.tick()
+        if accounting.over_budget(scheduler.jobs_in_flight()):
+            signals.request_stop()
         if durable and time.monotonic() - synced[0] > SYNC_EVERY_SECONDS:
             ledger.sync()
             responses.sync()
@@ -211,8 +217,15 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
         on_replay=replay,
         on_tick=tick,
         on_log=RunLogging.worker_line,
-        on_record=lambda kind, payload: responses.append(*payload) if kind == RESPONSE and durable else None,
+        on_record=lambda kind, payload: record(kind, payload),
+        on_sent=accounting.sent,
     )
+
+    def record(kind: str, payload: Any) -> None:
+        accounting.record(kind, payload)
+        if kind == RESPONSE and durable:
+            responses.append(*payload)
+
     signals = StopSignals()
     context = ({"responses": str(store.responses_folder), "read_responses": read_responses, STORE_BATCHES: True}
                if durable else {})
@@ -249,8 +262,12 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
                     interrupted = RunInterrupted(signum, f"stopped by {signal.Signals(signum).name}")
                 ledger.close()
                 responses.close()
+                usage_line = accounting.summary()
                 logger.info("synthpipe: pipeline '%s' %s\n%s", pipeline.name, outcome,
-                            "\n".join(progress.summary_lines()))
+                            "\n".join(progress.summary_lines() + ([usage_line] if usage_line else [])))
+                accounting.finish("finished" if outcome == "finished" and interrupted is None
+                                  else ("interrupted" if interrupted is not None else "failed"),
+                                  dict(writer.rows_written), ledger.count)
                 if ledger.count:
                     logger.warning("%s", ledger.summary())
                 if interrupted is not None:
@@ -259,6 +276,8 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
             signum = signals.received[0]
             interrupted = RunInterrupted(signum, f"stopped by {signal.Signals(signum).name}")
     if interrupted is not None:
+        if accounting.stopped_by_budget and interrupted.signum == signal.SIGINT and len(signals.received) == 1:
+            raise accounting.budget_error() from None
         if interrupted.signum == signal.SIGINT:
             raise KeyboardInterrupt(str(interrupted)) from None
         raise SystemExit(128 + interrupted.signum)

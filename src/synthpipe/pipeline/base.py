@@ -31,7 +31,9 @@ class Pipeline:
 
     ``run()`` starts one worker process per step replica and returns a ``Distiset``.
     ``max_rows_in_flight`` bounds the rows held between steps; ``stop_grace_seconds`` is how
-    long running batches may finish after a first Ctrl+C or SIGTERM.
+    long running batches may finish after a first Ctrl+C or SIGTERM. ``prices`` (per million
+    tokens, per model name; or a file of them) turn token usage into cost; ``max_budget`` (money,
+    or ``{"tokens": N}``) stops a run gracefully before it would pass it.
     """
 
     def __init__(
@@ -42,12 +44,16 @@ class Pipeline:
         cache_dir: str | None = None,
         max_rows_in_flight: int = 20_000,
         stop_grace_seconds: float = 10.0,
+        prices: dict[str, dict[str, float]] | str | None = None,
+        max_budget: float | dict[str, float] | None = None,
     ) -> None:
         self.name = name
         self.description = description
         self.cache_dir = cache_dir
         self.max_rows_in_flight = max_rows_in_flight
         self.stop_grace_seconds = stop_grace_seconds
+        self.prices = prices  # {model: {"input": X, "output": Y}} per million tokens, or a YAML/JSON file of it
+        self.max_budget = max_budget  # money, {"cost": X} or {"tokens": N}: the run stops before passing it
         self.dag = DAG()
         self._tokens: list[contextvars.Token[Pipeline | None]] = []
 

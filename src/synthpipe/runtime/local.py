@@ -150,6 +150,9 @@ class ExecutorHooks:
     on_replay: Callable[[str, int], tuple[list[dict[str, Any]], bool]] = lambda step, seq: ([], False)
     on_tick: Callable[[], None] = lambda: None
     on_record: Callable[[str, Any], None] = lambda kind, payload: None
+    on_sent: Callable[[str, int, int], None] = lambda step, replica, seq: None
+    """A batch (or a generator's batch number) was handed to ``replica`` of ``step``: for the
+    run's timeline."""
     on_log: Callable[[int, str, str], None] = field(
         default=lambda level, name, text: logging.getLogger(name).log(level, text)
     )
@@ -505,9 +508,11 @@ class LocalExecutor:
                 b = action.batch
                 message = (m.BATCH, action.ticket, b.seq, b.row_start, b.inputs)
                 self._send(b.step, action.replica, action.ticket, message)
+                self.hooks.on_sent(b.step, action.replica, b.seq)
             elif isinstance(action, Generate):
                 message = (m.GENERATE, action.ticket, action.seq, action.offset)
                 self._send(action.step, action.replica, action.ticket, message)
+                self.hooks.on_sent(action.step, action.replica, action.seq)
             elif isinstance(action, Emit):
                 self.hooks.on_emit(action.step, action.seq, action.rows, action.keys)
             elif isinstance(action, RowsFailed):

@@ -46,6 +46,10 @@ class StopSignals:
         except OSError:  # pipe full: a wake-up is already pending
             pass
 
+    def request_stop(self) -> None:
+        """Stop as for a first Ctrl+C, asked by the coordinator itself (a budget reached)."""
+        self._handle(signal.SIGINT, None)
+
     def fileno(self) -> int:
         return self._read_fd
 
