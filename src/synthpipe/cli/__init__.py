@@ -64,8 +64,27 @@ def _guard(action: Any) -> Any:
         raise typer.Exit(EXIT_FAILED) from None
 
 
+BUDGET_HELP = "Stop (keeping every finished batch) before passing this: money (e.g. 2.5, at the pipeline's prices) " \
+              "or tokens (e.g. '50000 tokens'); a resumed run gets a new budget."
+
+
+def parse_budget(text: Optional[str]) -> Any:
+    """``2.5`` is money; ``50000 tokens`` (or ``50000t``) is tokens."""
+    if text is None:
+        return None
+    value = text.strip().lower().replace(",", "").replace("_", "")
+    unit_tokens = value.endswith(("tokens", "token", "t"))
+    number = value.rstrip("tokens").strip() if unit_tokens else value
+    try:
+        amount = float(number)
+    except ValueError:
+        raise SynthpipeUserError(f"--max-budget {text!r}: give money (2.5) or tokens ('50000 tokens')") from None
+    return {"tokens": int(amount)} if unit_tokens else amount
+
+
 def _run(source: str, params: list[str], use_cache: bool, retry_failed: bool, output: Optional[Path],
-         cache_dir: Optional[str], pipeline_name: Optional[str], trust: list[str], allow_custom: bool) -> None:
+         cache_dir: Optional[str], pipeline_name: Optional[str], trust: list[str], allow_custom: bool,
+         max_budget: Optional[str] = None) -> None:
     from synthpipe.cli.loading import load_pipeline
     from synthpipe.cli.params import parse_params
 
@@ -73,6 +92,8 @@ def _run(source: str, params: list[str], use_cache: bool, retry_failed: bool, ou
         pipeline = load_pipeline(source, pipeline_name=pipeline_name, trust=trust, allow_custom=allow_custom)
         if cache_dir:
             pipeline.cache_dir = cache_dir
+        if max_budget is not None:
+            pipeline.max_budget = parse_budget(max_budget)
         parameters = parse_params(pipeline.steps, params)
         distiset = pipeline.run(parameters=parameters or None, use_cache=use_cache, retry_failed=retry_failed)
         if output is not None:
@@ -98,9 +119,11 @@ def run_command(
     pipeline_name: Optional[str] = typer.Option(None, "--pipeline", help="Which pipeline of a script to run."),
     trust: list[str] = typer.Option([], "--trust", help=TRUST_HELP),
     allow_custom: bool = typer.Option(False, "--allow-custom", help="Import any class a pipeline file names."),
+    max_budget: Optional[str] = typer.Option(None, "--max-budget", help=BUDGET_HELP),
 ) -> None:
     """Run a pipeline: resumes where an earlier run of it stopped."""
-    _run(source, param, not no_cache, retry_failed, output, cache_dir, pipeline_name, trust, allow_custom)
+    _run(source, param, not no_cache, retry_failed, output, cache_dir, pipeline_name, trust, allow_custom,
+         max_budget)
 
 
 @pipeline_app.command("run")
@@ -110,9 +133,10 @@ def pipeline_run(
     ignore_cache: bool = typer.Option(False, "--ignore-cache", help="Compute everything again."),
     output: Optional[Path] = typer.Option(None, "--output", help="Save the result (a Distiset) here."),
     trust: list[str] = typer.Option([], "--trust", help=TRUST_HELP),
+    max_budget: Optional[str] = typer.Option(None, "--max-budget", help=BUDGET_HELP),
 ) -> None:
     """Run the pipeline a file describes (as distilabel's `pipeline run`)."""
-    _run(config, param, not ignore_cache, False, output, None, None, trust, False)
+    _run(config, param, not ignore_cache, False, output, None, None, trust, False, max_budget)
 
 
 @pipeline_app.command("info")

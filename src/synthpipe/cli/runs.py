@@ -69,6 +69,7 @@ def failures_text(run_dir: Path, groups: list[dict[str, Any]]) -> str:
         more = "" if g["count"] <= len(g["rows"]) else ", …"
         lines.append("")
         lines.append(f"step '{g['step']}': {g['count']:,} × {g['error_type']}: {g['message']}")
+        lines.extend(f"  also: {m}" for m in g["messages"][1:])
         lines.append(f"  rows {', '.join(str(r) for r in g['rows'])}{more}")
         lines.append(f"  input row: {truncated(g['example_row'])}")
         if g["traceback"]:

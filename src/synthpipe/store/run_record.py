@@ -149,16 +149,20 @@ def run_failures(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def failure_groups(run_dir: Path) -> list[dict[str, Any]]:
-    """The ledger grouped by step and error: how many rows, which, one traceback, one input row."""
-    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    """The ledger grouped by step and error type: how many rows, which, the distinct messages
+    (up to 5), one traceback, one input row."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
     for entry in run_failures(run_dir):
-        key = (str(entry.get("step")), str(entry.get("error_type")), str(entry.get("message")))
+        key = (str(entry.get("step")), str(entry.get("error_type")))
         group = groups.get(key)
         if group is None:
-            group = groups[key] = {"step": key[0], "error_type": key[1], "message": key[2], "count": 0,
-                                   "rows": [], "traceback": entry.get("traceback") or "",
+            group = groups[key] = {"step": key[0], "error_type": key[1], "message": str(entry.get("message")),
+                                   "messages": [], "count": 0, "rows": [], "traceback": entry.get("traceback") or "",
                                    "example_row": entry.get("data")}
         group["count"] += 1
         if len(group["rows"]) < 20:
             group["rows"].append(entry.get("row"))
+        message = str(entry.get("message"))
+        if message not in group["messages"] and len(group["messages"]) < 5:
+            group["messages"].append(message)
     return sorted(groups.values(), key=lambda g: (g["step"], -g["count"]))

@@ -188,7 +188,7 @@ def failures_html(run_dir: Path) -> str:
     parts = []
     for g in groups:
         parts.append(f'<div class="failure-group"><h3>step {_e(g["step"])}: {g["count"]:,} × {_e(g["error_type"])}'
-                     f'</h3><p>{_e(g["message"])}</p><p>rows {_e(", ".join(str(r) for r in g["rows"]))}</p>'
+                     f'</h3><p>{"<br>".join(_e(m) for m in g["messages"])}</p><p>rows {_e(", ".join(str(r) for r in g["rows"]))}</p>'
                      f'<p>input row: <code>{_cell(g["example_row"])}</code></p>'
                      f'<pre class="traceback">{_e(g["traceback"])}</pre></div>')
     return "".join(parts)
