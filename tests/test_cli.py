@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import python_path
 
+from conftest import python_path
 from synthpipe.models import OpenAILLM
 from synthpipe.pipeline import Pipeline
 from synthpipe.steps import LoadDataFromDicts
@@ -237,7 +237,8 @@ def test_report_renders_in_headless_chromium(tmp_path, server):
     runs = sorted(runs_json(cache), key=lambda r: r["run"])
     pages = {}
     for run in runs:
-        out = synthpipe("report", run["run"], "--cache-dir", str(cache), "-o", str(tmp_path / f"{run['pipeline']}.html"))
+        target = tmp_path / f"{run['pipeline']}.html"
+        out = synthpipe("report", run["run"], "--cache-dir", str(cache), "-o", str(target))
         assert out.returncode == 0, out.stderr
         page = Path(out.stdout.strip())
         assert "http://" not in page.read_text().replace("http://www.w3.org/2000/svg", "")  # nothing fetched

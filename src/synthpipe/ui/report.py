@@ -198,7 +198,8 @@ def samples_html(run_dir: Path) -> str:
     import pyarrow.parquet as pq
 
     parts = []
-    for leaf in sorted(p for p in (run_dir / "data").iterdir() if p.is_dir()) if (run_dir / "data").is_dir() else []:
+    data = run_dir / "data"
+    for leaf in sorted(p for p in data.iterdir() if p.is_dir()) if data.is_dir() else []:
         files = sorted(leaf.glob("*.parquet"))
         rows: list[dict[str, Any]] = []
         for f in files:
