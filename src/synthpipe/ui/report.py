@@ -124,35 +124,52 @@ def throughput_svg(batches: list[dict[str, Any]], t0: float, t1: float, bins: in
     return parts[0] + "".join(parts[1:]) + f'<div class="legend">{legend}</div>'
 
 
+def _stack(bars: list[tuple[float, float, dict[str, Any]]]) -> list[tuple[int, float, float, dict[str, Any]]]:
+    """Overlapping batches of one worker (an async step works on several at once) in sub-rows."""
+    ends: list[float] = []
+    placed = []
+    for start, end, b in sorted(bars, key=lambda x: x[0]):
+        row = next((i for i, e in enumerate(ends) if e <= start), len(ends))
+        if row == len(ends):
+            ends.append(end)
+        ends[row] = end
+        placed.append((row, start, end, b))
+    return placed
+
+
 def timeline_svg(batches: list[dict[str, Any]], t0: float, t1: float) -> str:
-    """One lane per worker (step, replica), one bar per batch from when it was sent to when it was stored."""
-    lanes = sorted({(b["step"], int(b.get("replica", -1))) for b in batches},
-                   key=lambda lane: (list(dict.fromkeys(x["step"] for x in batches)).index(lane[0]), lane[1]))
+    """One lane per worker (step, replica), one bar per batch from when it was sent to when it
+    was stored; batches a worker held at once are stacked."""
     steps = list(dict.fromkeys(b["step"] for b in batches))
-    span = max(t1 - t0, 1e-3)
-    left, w, lane_h = 190, 860, 18
-    height = len(lanes) * lane_h + 30
-    parts = [f'<svg id="timeline-svg" xmlns="http://www.w3.org/2000/svg" width="{left + w + 10}" height="{height}">']
-    for i, (step, replica) in enumerate(lanes):
-        y = 5 + i * lane_h
-        label = f"{step} #{replica}" if replica >= 0 else step
-        parts.append(f'<text x="4" y="{y + 12}" font-size="11">{_e(label)}</text>')
-        parts.append(f'<line x1="{left}" y1="{y + lane_h - 2}" x2="{left + w}" y2="{y + lane_h - 2}" stroke="#eee"/>')
-    index = {lane: i for i, lane in enumerate(lanes)}
+    lanes: dict[tuple[str, int], list[tuple[float, float, dict[str, Any]]]] = {}
     for b in batches:
-        lane = (b["step"], int(b.get("replica", -1)))
         start = float(b["start"]) if b.get("start") is not None else float(b["end"])
-        x = left + (start - t0) / span * w
-        bar = max(1.5, (float(b["end"]) - start) / span * w)
-        y = 5 + index[lane] * lane_h
-        color = "#e15759" if b.get("failed") else COLORS[steps.index(b["step"]) % len(COLORS)]
-        title = (f"{b['step']} batch {b['seq']}: {b.get('rows', 0)} rows out, {b.get('failed', 0)} failed, "
-                 f"{float(b['end']) - start:.3f}s")
-        parts.append(f'<rect class="batch" x="{x:.1f}" y="{y}" width="{bar:.1f}" height="{lane_h - 5}" '
-                     f'fill="{color}"><title>{_e(title)}</title></rect>')
-    parts.append(f'<text x="{left}" y="{height - 4}" font-size="11">0 s</text>'
-                 f'<text x="{left + w - 40}" y="{height - 4}" font-size="11">{span:,.1f} s</text></svg>')
-    return "".join(parts)
+        lanes.setdefault((b["step"], int(b.get("replica", -1))), []).append((start, float(b["end"]), b))
+    order = sorted(lanes, key=lambda lane: (steps.index(lane[0]), lane[1]))
+    span = max(t1 - t0, 1e-3)
+    left, w = 190, 860
+    parts, y = [], 5
+    for lane in order:
+        placed = _stack(lanes[lane])
+        rows = 1 + max((p[0] for p in placed), default=0)
+        bar_h = max(3, min(13, 60 // rows))
+        lane_h = rows * (bar_h + 1) + 5
+        label = f"{lane[0]} #{lane[1]}" if lane[1] >= 0 else lane[0]
+        parts.append(f'<text x="4" y="{y + min(lane_h - 4, 12)}" font-size="11">{_e(label)}</text>')
+        parts.append(f'<line x1="{left}" y1="{y + lane_h - 2}" x2="{left + w}" y2="{y + lane_h - 2}" stroke="#eee"/>')
+        for row, start, end, b in placed:
+            x = left + (start - t0) / span * w
+            bar = max(1.5, (end - start) / span * w)
+            color = "#e15759" if b.get("failed") else COLORS[steps.index(b["step"]) % len(COLORS)]
+            title = (f"{b['step']} batch {b['seq']}: {b.get('rows', 0)} rows out, {b.get('failed', 0)} failed, "
+                     f"{end - start:.3f}s")
+            parts.append(f'<rect class="batch" x="{x:.1f}" y="{y + row * (bar_h + 1)}" width="{bar:.1f}" '
+                         f'height="{bar_h}" fill="{color}"><title>{_e(title)}</title></rect>')
+        y += lane_h
+    height = y + 20
+    return (f'<svg id="timeline-svg" xmlns="http://www.w3.org/2000/svg" width="{left + w + 10}" height="{height}">'
+            + "".join(parts) + f'<text x="{left}" y="{height - 4}" font-size="11">0 s</text>'
+            f'<text x="{left + w - 40}" y="{height - 4}" font-size="11">{span:,.1f} s</text></svg>')
 
 
 def _table(headers: list[str], rows: list[list[Any]], table_id: str, numeric: set[int] | None = None) -> str:
@@ -188,7 +205,8 @@ def failures_html(run_dir: Path) -> str:
     parts = []
     for g in groups:
         parts.append(f'<div class="failure-group"><h3>step {_e(g["step"])}: {g["count"]:,} × {_e(g["error_type"])}'
-                     f'</h3><p>{"<br>".join(_e(m) for m in g["messages"])}</p><p>rows {_e(", ".join(str(r) for r in g["rows"]))}</p>'
+                     f'</h3><p>{"<br>".join(_e(m) for m in g["messages"])}</p>'
+                     f'<p>rows {_e(", ".join(str(r) for r in g["rows"]))}</p>'
                      f'<p>input row: <code>{_cell(g["example_row"])}</code></p>'
                      f'<pre class="traceback">{_e(g["traceback"])}</pre></div>')
     return "".join(parts)
