@@ -29,8 +29,8 @@ from synthpipe.store.pipeline_store import SYNC_EVERY_SECONDS, PipelineStore
 from synthpipe.store.responses import ResponseLog
 from synthpipe.store.run_dir import RunDirectory, structure_signature
 from synthpipe.store.signature import combined_signature, plan_signatures
+from synthpipe.ui.live import LiveProgress, expected_rows
 from synthpipe.ui.logs import RunLogging, level_from_env
-from synthpipe.ui.progress import Progress
 
 if TYPE_CHECKING:
     from synthpipe.errors import ErrorRecord
@@ -174,7 +174,9 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     )
     accounting = Accounting(plan, pipeline.name, store.root, run_dir.path, durable,
                             getattr(pipeline, "prices", None), getattr(pipeline, "max_budget", None))
-    progress = Progress(scheduler.stats())
+    progress = LiveProgress(scheduler.stats(), accounting.tally,
+                            expected_rows(plan.order, {n: plan.step(n) for n in plan.order},
+                                          {n: plan.dag.predecessors(n) for n in plan.order}))
     warned: set[tuple[str | None, str]] = set()
     responses = ResponseLog(store.responses_folder)
     synced = [time.monotonic()]
