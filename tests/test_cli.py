@@ -257,3 +257,21 @@ def test_report_renders_in_headless_chromium(tmp_path, server):
                     "--window-size=1200,1500", (tmp_path / "script-pipe.html").as_uri()],
                    capture_output=True, timeout=90)
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_estimate_projects_tokens_cost_and_time_from_a_sample(tmp_path, server):
+    cache = tmp_path / "cache"
+    path = llm_file(tmp_path, server.base_url, rows=40, batch=10, prices=PRICES)
+    out = synthpipe("estimate", str(path), "--sample", "4", "--json", env={"SYNTHPIPE_CACHE_DIR": str(cache)})
+    assert out.returncode == 0, out.stderr
+    est = json.loads(out.stdout)
+    assert est["sample_rows"] == 4 and est["total_rows"] == 40 and est["scale"] == 10
+    assert est["tokens"] == 40 * 5  # 2 in + 3 out per row, as the sample showed
+    [model] = est["per_model"]
+    assert model["cost"] == pytest.approx((40 * 2 * 1.0 + 40 * 3 * 2.0) / 1_000_000)
+    assert est["seconds"] >= 0 and any("in proportion to rows" in a for a in est["assumptions"])
+    assert server.stats()["total_requests"] == 4  # only the sample was asked for
+    assert runs_json(cache)[0]["durable"] is False  # a try-out: nothing the next run would reuse
+    text = synthpipe("estimate", str(path), "--sample", "4", "--rows", "1000",
+                     env={"SYNTHPIPE_CACHE_DIR": str(cache)})
+    assert text.returncode == 0 and "estimate for 1,000 rows" in text.stdout and "assumptions:" in text.stdout

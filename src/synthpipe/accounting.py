@@ -68,7 +68,7 @@ class Accounting:
         self.prices = load_prices(prices)
         self.budget = Budget.parse(max_budget)
         self.tally = UsageTally(self.prices)
-        for step, llm in _models(plan):
+        for step, llm in _models(plan) if durable else []:  # a dry run keeps no answers: all are paid
             try:
                 self.tally.watch(namespace_of(llm), step, str(llm.model_name))
             except Exception:  # a model whose set-up cannot be hashed is simply not followed

@@ -159,6 +159,29 @@ def pipeline_info(
     _guard(body)
 
 
+@app.command("estimate")
+def estimate_command(
+    source: str = typer.Argument(..., help="A pipeline file (YAML/JSON) or a Python script defining a Pipeline."),
+    sample: int = typer.Option(10, "--sample", "-n", help="Rows to run (against the real LLMs: paid for)."),
+    rows: Optional[int] = typer.Option(None, "--rows", help="Rows of the full input (else what generators hold)."),
+    param: list[str] = typer.Option([], "--param", "-p", help=PARAM_HELP),
+    pipeline_name: Optional[str] = typer.Option(None, "--pipeline", help="Which pipeline of a script."),
+    trust: list[str] = typer.Option([], "--trust", help=TRUST_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print it as JSON."),
+) -> None:
+    """Project tokens, cost and time of a full run from a small sample, with the assumptions."""
+    from synthpipe.cli.loading import load_pipeline
+    from synthpipe.cli.params import parse_params
+    from synthpipe.estimate import dumps
+
+    def body() -> None:
+        pipeline = load_pipeline(source, pipeline_name=pipeline_name, trust=trust)
+        result = pipeline.estimate(sample, rows=rows, parameters=parse_params(pipeline.steps, param) or None)
+        print(dumps(result) if as_json else result)
+
+    _guard(body)
+
+
 @app.command("runs")
 def runs_command(
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="The cache folder to read."),

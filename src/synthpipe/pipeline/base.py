@@ -181,6 +181,16 @@ class Pipeline:
             dry_run_batch_size=batch_size,
         )
 
+    def estimate(self, sample: int = 10, *, rows: int | None = None,
+                 parameters: dict[str, dict[str, Any]] | None = None, dataset: Any = None) -> Any:
+        """Run ``sample`` rows through the pipeline (a dry run against the real LLMs: it is paid
+        for) and project tokens, cost and time for the whole input (``rows``, else what the
+        generators hold). Returns an ``Estimate``; ``print()`` it to see the assumptions."""
+        _refuse_inside_a_worker()
+        from synthpipe.estimate import estimate_pipeline
+
+        return estimate_pipeline(self, sample, rows, parameters, dataset)
+
 
 def _refuse_inside_a_worker() -> None:
     """Workers import the user's script again (as any multiprocessing program does): a run
