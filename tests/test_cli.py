@@ -275,3 +275,48 @@ def test_estimate_projects_tokens_cost_and_time_from_a_sample(tmp_path, server):
     text = synthpipe("estimate", str(path), "--sample", "4", "--rows", "1000",
                      env={"SYNTHPIPE_CACHE_DIR": str(cache)})
     assert text.returncode == 0 and "estimate for 1,000 rows" in text.stdout and "assumptions:" in text.stdout
+
+
+SECRET_SCRIPT = '''
+from synthpipe.models import OpenAILLM
+from synthpipe.pipeline import Pipeline
+from synthpipe.steps import LoadDataFromDicts
+from synthpipe.steps.tasks import TextGeneration
+
+with Pipeline(name="secret-pipe", prices={{"test-model": {{"input": 1, "output": 1}}}}) as pipeline:
+    load = LoadDataFromDicts(data=[{{"instruction": f"q {{i}}"}} for i in range(12)], batch_size=4)
+    llm = OpenAILLM(model="test-model", base_url="{plain_url}", api_key="{key}", max_retries=0)
+    in_url = OpenAILLM(model="test-model", base_url="{base_url}", max_retries=0)  # credentials in the URL
+    load >> [TextGeneration(name="gen", llm=llm, input_batch_size=4, on_error="skip"),
+             TextGeneration(name="gen_url", llm=in_url, input_batch_size=4, on_error="skip")]
+'''
+
+
+def test_a_secret_key_is_never_printed_logged_stored_or_reported(tmp_path, server):
+    key = "sk-live-TOPSECRET-4f9c2a7e1b"
+    password = "url-PASSWORD-77aa"
+    server.configure(fail_first=3, fail_status=401)
+    base_url = server.base_url.replace("http://", f"http://admin:{password}@")
+    script = tmp_path / "secret.py"
+    script.write_text(SECRET_SCRIPT.format(base_url=base_url, plain_url=server.base_url, key=key))
+    cache = tmp_path / "cache"
+    env = {"SYNTHPIPE_CACHE_DIR": str(cache), "SYNTHPIPE_LOG_LEVEL": "DEBUG", "OPENAI_API_KEY": ""}
+    outputs = [synthpipe("run", str(script), cwd=tmp_path, env=dict(env))]
+    assert outputs[0].returncode == 0, outputs[0].stderr
+    [run] = runs_json(cache)
+    assert run["failed_rows"] == 3  # the failures happened, and are kept
+    outputs.append(synthpipe("failures", "last", "--cache-dir", str(cache)))
+    outputs.append(synthpipe("failures", "last", "--json", "--cache-dir", str(cache)))
+    outputs.append(synthpipe("report", "last", "--cache-dir", str(cache)))
+    outputs.append(synthpipe("runs", "--json", "--cache-dir", str(cache)))
+    outputs.append(synthpipe("pipeline", "info", "--config", str(script), "--json"))
+    assert all(o.returncode == 0 for o in outputs), [o.stderr for o in outputs]
+    assert "401" in outputs[1].stdout
+    files = [p for p in cache.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"pipeline.log", "failed_rows.jsonl", "report.html", "run.json", "batches.jsonl"} <= names
+    for secret in (key, password):
+        for o in outputs:
+            assert secret not in o.stdout and secret not in o.stderr
+        for p in files:
+            assert secret.encode() not in p.read_bytes(), p

@@ -40,9 +40,22 @@ def runtime_parameters(target: Any, prefix: str = "") -> list[dict[str, Any]]:
     return found
 
 
+_SECRET_KEYS = ("key", "token", "secret", "password", "authorization", "cookie")
+
+
 def _shown(value: Any) -> Any:
+    """A value as ``info`` may print it: secrets masked, credentials cut out of URLs, secret-like
+    entries of dicts (headers, client kwargs) masked."""
     if hasattr(value, "get_secret_value"):
         return "**********"
+    if isinstance(value, str) and "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = value.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    if isinstance(value, dict):
+        return {k: "**********" if any(w in str(k).lower() for w in _SECRET_KEYS) else _shown(v)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_shown(v) for v in value]
     return value
 
 
