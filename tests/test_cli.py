@@ -149,7 +149,9 @@ def test_a_failed_run_exits_1(tmp_path):
     script.write_text(SCRIPT.replace('on_error="skip"', 'on_error="fail"'))
     out = synthpipe("run", str(script), "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
     assert out.returncode == 1, out.stderr
-    assert "cannot halve 3" in out.stderr
+    assert "step 'halve'" in out.stderr and "batch 3" in out.stderr
+    tail = out.stderr[out.stderr.index("the run failed"):]
+    assert "Traceback" in tail and "in Halve" in tail and "ValueError: cannot halve 3" in tail
 
 
 def test_a_script_without_a_pipeline_or_with_two_is_a_usage_error(tmp_path):

@@ -56,11 +56,14 @@ def _guard(action: Any) -> Any:
     except SystemExit:
         raise
     except Exception as exc:
-        if os.environ.get("SYNTHPIPE_LOG_LEVEL", "").upper() == "DEBUG":
+        from synthpipe.ui.error_text import failed_run_text
+
+        debug = os.environ.get("SYNTHPIPE_LOG_LEVEL", "").upper() == "DEBUG"
+        if debug:
             import traceback
 
             traceback.print_exc()
-        _err(f"synthpipe: the run failed: {type(exc).__name__}: {exc}")
+        _err(failed_run_text(exc, debug))
         raise typer.Exit(EXIT_FAILED) from None
 
 
