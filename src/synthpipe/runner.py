@@ -204,7 +204,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     def tick() -> None:
         progress.tick()
         if accounting.over_budget(scheduler.jobs_in_flight()):
-            signals.request_stop()
+            signals.request_stop("a stop request (max_budget)")
         if durable and time.monotonic() - synced[0] > SYNC_EVERY_SECONDS:
             ledger.sync()
             responses.sync()
@@ -250,7 +250,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
             outcome = "finished"
         except RunInterrupted as exc:
             interrupted = exc
-            outcome = str(exc)
+            outcome = "stopped at its budget" if accounting.stopped_by_budget else str(exc)
         except BaseException as exc:
             outcome = f"stopped: {exc}" if str(exc) else f"stopped ({type(exc).__name__})"
             raise

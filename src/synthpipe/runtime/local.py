@@ -343,7 +343,7 @@ class LocalExecutor:
         """First signal: stop handing out work. A second SIGINT: stop now. True to leave."""
         received = self.signals.received  # type: ignore[union-attr]
         if self._stop_deadline is None:
-            name = signal.Signals(received[0]).name
+            name = getattr(self.signals, "reason", None) or signal.Signals(received[0]).name
             running = self.scheduler.jobs_in_flight()
             logger.warning(
                 "synthpipe: %s received: handing out no more work; waiting up to %gs for the %d batch(es) "
