@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -322,3 +323,20 @@ def test_a_secret_key_is_never_printed_logged_stored_or_reported(tmp_path, serve
             assert secret not in o.stdout and secret not in o.stderr
         for p in files:
             assert secret.encode() not in p.read_bytes(), p
+
+
+def test_plain_progress_lines_show_llm_requests_retries_and_429s(tmp_path, server):
+    server.configure(latency=0.1, fail_first=4, fail_status=429, retry_after=0.05)
+    cache = tmp_path / "cache"
+    path = llm_file(tmp_path, server.base_url, rows=30, batch=3, prices=PRICES)
+    env = {"SYNTHPIPE_CACHE_DIR": str(cache), "SYNTHPIPE_PROGRESS": "1", "SYNTHPIPE_PROGRESS_EVERY": "0.3"}
+    out = synthpipe("run", str(path), "--param", "gen.llm.max_concurrency=2", env=env)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("synthpipe: ") and "s: " in line
+             and "test-model:" in line]
+    assert lines, out.stderr
+    assert re.search(r"test-model: \d+ in flight, \d+ retries, \d+×429", lines[-1])
+    [run] = runs_json(cache)
+    activity = run["llm"]["test-model"]
+    assert activity["http_429"] == 4 and activity["retries"] == 4 and activity["requests"] == 30
+    assert activity["failed"] == 0

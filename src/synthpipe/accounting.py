@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from synthpipe.errors import SynthpipeError, SynthpipeUserError
 from synthpipe.models.cache import RESPONSE, namespace_of
+from synthpipe.models.telemetry import LLM_STATS
 from synthpipe.store.run_record import RunRecorder
 from synthpipe.store.usage import Prices, UsageTally, load_prices
 
@@ -87,6 +88,7 @@ class Accounting:
         if self.budget is not None:
             self.recorder.info["budget"] = {"cost": self.budget.cost, "tokens": self.budget.tokens}
         self.stopped_by_budget = False
+        self.clients: dict[str, dict[str, Any]] = {}  # the latest counters of each worker's HTTP client
         self._batches_with_usage = 0
 
     # -- what the runner hands over ---------------------------------------------------------
@@ -98,7 +100,20 @@ class Accounting:
         if self.recorder.stored(step, seq, rows, inputs, failed):
             self._batches_with_usage += 1
 
+    def llm_activity(self) -> dict[str, dict[str, int]]:
+        """Per model, over every worker: requests in flight, sent, retried, answered 429, failed."""
+        found: dict[str, dict[str, int]] = {}
+        for client in self.clients.values():
+            entry = found.setdefault(client["model"], {"in_flight": 0, "requests": 0, "retries": 0, "http_429": 0,
+                                                       "failed": 0})
+            for name in entry:
+                entry[name] += int(client.get(name) or 0)
+        return found
+
     def record(self, kind: str, payload: Any) -> None:
+        if kind == LLM_STATS and isinstance(payload, dict) and "key" in payload:
+            self.clients[str(payload["key"])] = payload
+            return
         if kind == RESPONSE:
             try:
                 self.tally.add_answers(payload[0], payload[1])
@@ -138,7 +153,7 @@ class Accounting:
     def finish(self, status: str, rows: dict[str, int], failed_rows: int) -> None:
         if self.stopped_by_budget and status != "finished":
             status = "budget"
-        self.recorder.finish(status, rows, failed_rows)
+        self.recorder.finish(status, rows, failed_rows, llm=self.llm_activity())
 
     def summary(self) -> str | None:
         """One line of tokens and cost for the end of a run (None when no model was used)."""

@@ -176,7 +176,8 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
                             getattr(pipeline, "prices", None), getattr(pipeline, "max_budget", None))
     progress = LiveProgress(scheduler.stats(), accounting.tally,
                             expected_rows(plan.order, {n: plan.step(n) for n in plan.order},
-                                          {n: plan.dag.predecessors(n) for n in plan.order}))
+                                          {n: plan.dag.predecessors(n) for n in plan.order}),
+                            activity=accounting.llm_activity)
     warned: set[tuple[str | None, str]] = set()
     responses = ResponseLog(store.responses_folder)
     synced = [time.monotonic()]

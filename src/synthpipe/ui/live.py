@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from synthpipe.runtime.scheduler import StepStats
@@ -47,8 +48,10 @@ def _eta(seconds: float | None) -> str:
 
 class LiveProgress(Progress):
     def __init__(self, stats: dict[str, StepStats], tally: UsageTally, expected: dict[str, int],
-                 enabled: bool | None = None, plain_every: float | None = None) -> None:
+                 enabled: bool | None = None, plain_every: float | None = None,
+                 activity: Callable[[], dict[str, dict[str, int]]] = dict) -> None:
         self.tally = tally
+        self.activity = activity
         self.expected = expected
         wanted = os.environ.get("SYNTHPIPE_PROGRESS", "1") != "0"
         terminal = sys.stderr.isatty()
@@ -107,14 +110,26 @@ class LiveProgress(Progress):
             table.add_row(name, shown, f"{st.rows_out / elapsed:,.0f} rows/s" if elapsed > 0 else "-",
                           f"{st.rows_failed:,}" if st.rows_failed else "", _eta(self._step_eta(name, st, elapsed)))
         models = self._model_lines(elapsed)
-        if not models:
+        activity = self.activity()
+        if not models and not activity:
             return table
+        parts = [table]
+        if activity:
+            requests = Table(title="LLM requests", title_justify="left")
+            for column in ("model", "in flight", "sent", "retries", "429s", "failed"):
+                requests.add_column(column, justify="left" if column == "model" else "right")
+            for model, a in activity.items():
+                requests.add_row(model, f"{a['in_flight']:,}", f"{a['requests']:,}", f"{a['retries']:,}",
+                                 f"{a['http_429']:,}", f"{a['failed']:,}")
+            parts.append(requests)
+        if not models:
+            return Group(*parts)
         llms = Table(title="LLMs", title_justify="left")
         for column in ("step", "model", "answers paid", "tokens", "cost so far"):
             llms.add_column(column, justify="left" if column in ("step", "model") else "right")
         for row in models:
             llms.add_row(*row)
-        return Group(table, llms)
+        return Group(*parts, llms)
 
     # -- a log file, CI ---------------------------------------------------------------------------
 
@@ -132,6 +147,9 @@ class LiveProgress(Progress):
         if tokens:
             cost, complete = self.tally.cost()
             line += f"; {tokens:,} tokens, cost {cost:.4f}" + ("" if complete else " + unknown")
+        for model, a in self.activity().items():
+            line += (f"; {model}: {a['in_flight']:,} in flight, {a['retries']:,} retries, {a['http_429']:,}×429, "
+                     f"{a['failed']:,} failed")
         return line
 
     def tick(self) -> None:
