@@ -255,6 +255,7 @@ def test_report_renders_in_headless_chromium(tmp_path, server):
     assert 'class="failure-group"' in failed and "cannot halve 3" in failed and "Traceback" in failed
     llm = pages["cli-llm"]
     assert 'id="usage-table"' in llm and "test-model" in llm and "question 0" in llm
+    assert 'id="llm-requests"' in llm
     shot = tmp_path / "report.png"
     subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
                     "--window-size=1200,1500", (tmp_path / "script-pipe.html").as_uri()],
@@ -340,3 +341,40 @@ def test_plain_progress_lines_show_llm_requests_retries_and_429s(tmp_path, serve
     activity = run["llm"]["test-model"]
     assert activity["http_429"] == 4 and activity["retries"] == 4 and activity["requests"] == 30
     assert activity["failed"] == 0
+
+
+def test_pipeline_run_from_a_url(tmp_path, server):
+    import functools
+    import http.server
+    import threading
+
+    path = llm_file(tmp_path, server.base_url, rows=6)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/{path.name}"
+        out = synthpipe("pipeline", "run", "--config", url, env={"SYNTHPIPE_CACHE_DIR": str(tmp_path / "cache")})
+        assert out.returncode == 0, out.stderr
+        assert "default: 6 rows" in out.stdout
+        missing = synthpipe("pipeline", "info", "--config", url.replace(path.name, "nope.yaml"))
+        assert missing.returncode == 2 and "could not read the pipeline file" in missing.stderr
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def test_a_money_budget_stops_before_passing_it(tmp_path, server):
+    server.configure(latency=0.15)
+    cache = tmp_path / "cache"
+    path = llm_file(tmp_path, server.base_url, rows=24, batch=2, prices=PRICES)
+    per_row = (2 * 1.0 + 3 * 2.0) / 1_000_000
+    out = synthpipe("run", str(path), "--param", "gen.llm.max_concurrency=2", "--max-budget", f"{per_row * 8:.10f}",
+                    env={"SYNTHPIPE_CACHE_DIR": str(cache)})
+    assert out.returncode == 1, out.stderr
+    assert "stopped before passing the budget" in out.stderr
+    [run] = runs_json(cache)
+    assert run["status"] == "budget" and 0 < run["cost"] < per_row * 24
+    assert run["budget"] == {"cost": pytest.approx(per_row * 8), "tokens": None}

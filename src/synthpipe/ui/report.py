@@ -194,8 +194,14 @@ def usage_html(info: dict[str, Any]) -> str:
     total = f'<p>Total: {int(info.get("tokens") or 0):,} tokens; cost {opt(cost)}' \
             f'{" (a model has no price)" if cost is None else ""}. Cached tokens were served from the response ' \
             "cache and not paid; cost counts only tokens paid for in this run, at the prices given.</p>"
+    activity = info.get("llm") or {}
+    requests = ""
+    if activity:
+        requests = _table(["model", "requests sent", "retries", "429s", "failed"],
+                          [[m, f"{a.get('requests', 0):,}", f"{a.get('retries', 0):,}", f"{a.get('http_429', 0):,}",
+                            f"{a.get('failed', 0):,}"] for m, a in activity.items()], "llm-requests", {1, 2, 3, 4})
     return _table(["step", "model", "input tokens", "output tokens", "cached tokens", "requests", "cost"], rows,
-                  "usage-table", {2, 3, 4, 5, 6}) + total
+                  "usage-table", {2, 3, 4, 5, 6}) + total + requests
 
 
 def failures_html(run_dir: Path) -> str:
