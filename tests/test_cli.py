@@ -153,6 +153,7 @@ def test_a_failed_run_exits_1(tmp_path):
     assert "step 'halve'" in out.stderr and "batch 3" in out.stderr
     tail = out.stderr[out.stderr.index("the run failed"):]
     assert "Traceback" in tail and "in Halve" in tail and "ValueError: cannot halve 3" in tail
+    assert 'input row: {"n": 3' in tail
 
 
 def test_a_script_without_a_pipeline_or_with_two_is_a_usage_error(tmp_path):

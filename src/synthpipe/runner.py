@@ -254,6 +254,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
             outcome = "stopped at its budget" if accounting.stopped_by_budget else str(exc)
         except BaseException as exc:
             outcome = f"stopped: {exc}" if str(exc) else f"stopped ({type(exc).__name__})"
+            _attach_input_row(exc, scheduler)
             raise
         finally:
             progress.stop()
@@ -294,6 +295,21 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     store.mark_complete(combined_signature(signatures), run_id,
                         {leaf: [str(f.relative_to(run_dir.path)) for f in fs] for leaf, fs in files.items()})
     return distiset
+
+
+def _attach_input_row(exc: BaseException, scheduler: Scheduler) -> None:
+    """Give the error that ends a run the input row that triggered it (its first, when the
+    failure does not say which), for the message the user reads."""
+    batch = getattr(scheduler, "failed_batch", None)
+    record = getattr(exc, "record", None)
+    if batch is None or record is None or not batch.inputs or not batch.inputs[0]:
+        return
+    rows = batch.inputs[0]
+    index = record.rows[0] - batch.row_start if record.rows else 0
+    try:
+        exc.input_row = rows[index if 0 <= index < len(rows) else 0]  # type: ignore[attr-defined]
+    except Exception:
+        pass
 
 
 def _keep_finished_rows(writer: LeafWriter) -> None:

@@ -47,6 +47,13 @@ def fold_traceback(text: str, debug: bool = False) -> str:
     return "\n".join(out)
 
 
+def truncated_row(row: object, limit: int = 300) -> str:
+    import json
+
+    text = json.dumps(row, default=repr, ensure_ascii=False)
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text):,} characters)"
+
+
 def failed_run_text(exc: BaseException, debug: bool = False) -> str:
     """What the command prints when a run ends with ``exc``."""
     record = getattr(exc, "record", None)
@@ -55,6 +62,9 @@ def failed_run_text(exc: BaseException, debug: bool = False) -> str:
     traceback_text = getattr(record, "traceback", None) if record is not None else None
     if traceback_text:
         lines.append(fold_traceback(traceback_text.rstrip(), debug))
+    row = getattr(exc, "input_row", None)
+    if row is not None:
+        lines.append(f"input row: {truncated_row(row)}")
     if record is not None and getattr(record, "batch", None) is not None:
         lines.append(f"(step '{record.step}', batch {record.batch}; the run's log has every detail, "
                      "and a resumed run reuses every batch that finished)")
