@@ -379,3 +379,17 @@ def test_a_money_budget_stops_before_passing_it(tmp_path, server):
     [run] = runs_json(cache)
     assert run["status"] == "budget" and 0 < run["cost"] < per_row * 24
     assert run["budget"] == {"cost": pytest.approx(per_row * 8), "tokens": None}
+
+
+def test_a_provider_reported_cost_is_used_where_no_price_is_given(tmp_path, server):
+    server.configure(cost_per_token=0.001)
+    cache = tmp_path / "cache"
+    path = llm_file(tmp_path, server.base_url)  # no prices
+    env = {"SYNTHPIPE_CACHE_DIR": str(cache)}
+    assert synthpipe("run", str(path), env=dict(env)).returncode == 0
+    [run] = runs_json(cache)
+    assert run["cost"] == pytest.approx(0.001 * run["tokens"])
+    path.write_text(path.read_text().replace("add_raw_output: true", "add_raw_output: false"))
+    assert synthpipe("run", str(path), env=dict(env)).returncode == 0
+    second = max(runs_json(cache), key=lambda r: r["run"])
+    assert second["tokens"] == run["tokens"] and second["cost"] == 0  # all from the response cache

@@ -59,8 +59,17 @@ def _sum(value: Any) -> int:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
-def rows_usage(step: str, rows: list[dict[str, Any]]) -> dict[str, list[int]]:
-    """``{model: [input tokens, output tokens, rows with usage]}`` that ``step`` itself used for
+def _money(value: Any) -> float | None:
+    """The sum of a provider's reported costs, None when it reports none."""
+    if isinstance(value, (list, tuple)):
+        parts = [_money(v) for v in value]
+        known = [p for p in parts if p is not None]
+        return sum(known) if known else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def rows_usage(step: str, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """``{model: [input tokens, output tokens, rows with usage, reported cost]}`` that ``step`` used for
     these output rows (statistics of earlier steps, carried along in the metadata, are not
     counted again)."""
     usage: dict[str, list[int]] = {}
@@ -70,22 +79,29 @@ def rows_usage(step: str, rows: list[dict[str, Any]]) -> dict[str, list[int]]:
         stats = meta.get(key) if isinstance(meta, dict) else None
         if not isinstance(stats, dict):
             continue
-        entry = usage.setdefault(str(row.get("model_name") or "unknown model"), [0, 0, 0])
+        entry = usage.setdefault(str(row.get("model_name") or "unknown model"), [0, 0, 0, None])
         entry[0] += _sum(stats.get("input_tokens"))
         entry[1] += _sum(stats.get("output_tokens"))
         entry[2] += 1
+        cost = _money(stats.get("cost"))
+        if cost is not None:
+            entry[3] = (entry[3] or 0.0) + cost
     return usage
 
 
-def answers_usage(answers: list[tuple[str, Any]]) -> tuple[int, int, int]:
-    """(input tokens, output tokens, answers) of fresh answers for the response cache."""
+def answers_usage(answers: list[tuple[str, Any]]) -> tuple[int, int, int, float | None]:
+    """(input tokens, output tokens, answers, reported cost or None) of fresh answers."""
     tokens_in = tokens_out = 0
+    cost: float | None = None
     for _, answer in answers:
         stats = answer.get("statistics") if isinstance(answer, dict) else None
         if isinstance(stats, dict):
             tokens_in += _sum(stats.get("input_tokens"))
             tokens_out += _sum(stats.get("output_tokens"))
-    return tokens_in, tokens_out, len(answers)
+            reported = _money(stats.get("cost"))
+            if reported is not None:
+                cost = (cost or 0.0) + reported
+    return tokens_in, tokens_out, len(answers), cost
 
 
 @dataclass
@@ -101,6 +117,8 @@ class ModelUsage:
     paid_input: int | None = None
     paid_output: int | None = None
     requests: int = 0
+    reported_cost: float | None = None  # the provider's own figure, over the rows
+    paid_reported_cost: float | None = None  # the same, over the answers asked for in this run
 
     @property
     def cached_tokens(self) -> int | None:
@@ -109,10 +127,15 @@ class ModelUsage:
         return max(0, self.input_tokens + self.output_tokens - self.paid_input - self.paid_output)
 
     def cost(self, prices: Prices) -> float | None:
-        """Money for the tokens paid in this run; None when the model has no (complete) price."""
+        """Money for the tokens paid in this run, at the user's price, else as the provider
+        reported it; None when neither is known."""
         price = prices.get(self.model)
         if price is None or "input" not in price or "output" not in price:
-            return None
+            if self.reported_cost is None and self.paid_reported_cost is None:
+                return None
+            if self.paid_input is not None:  # answers are seen fresh: only theirs were paid
+                return self.paid_reported_cost or 0.0
+            return self.reported_cost
         tokens_in = self.paid_input if self.paid_input is not None else self.input_tokens
         tokens_out = self.paid_output if self.paid_output is not None else self.output_tokens
         return (tokens_in * price["input"] + tokens_out * price["output"]) / PER_TOKENS
@@ -140,20 +163,24 @@ class UsageTally:
 
     def add_rows(self, step: str, rows: list[dict[str, Any]]) -> dict[str, list[int]]:
         usage = rows_usage(step, rows)
-        for model, (tokens_in, tokens_out, count) in usage.items():
+        for model, (tokens_in, tokens_out, count, cost) in usage.items():
             entry = self._entry(step, model)
             entry.input_tokens += tokens_in
             entry.output_tokens += tokens_out
             entry.rows += count
+            if cost is not None:
+                entry.reported_cost = (entry.reported_cost or 0.0) + cost
         return usage
 
     def add_answers(self, namespace: str, answers: list[tuple[str, Any]]) -> None:
         step, model = self.namespaces.get(namespace, (namespace, namespace))
         entry = self._entry(step, model)
-        tokens_in, tokens_out, count = answers_usage(answers)
+        tokens_in, tokens_out, count, cost = answers_usage(answers)
         entry.paid_input = (entry.paid_input or 0) + tokens_in
         entry.paid_output = (entry.paid_output or 0) + tokens_out
         entry.requests += count
+        if cost is not None:
+            entry.paid_reported_cost = (entry.paid_reported_cost or 0.0) + cost
 
     def watch(self, namespace: str, step: str, model: str) -> None:
         """Answers of this response namespace are ``step``'s use of ``model``: its paid count
