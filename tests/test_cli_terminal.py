@@ -82,7 +82,10 @@ def test_live_display_in_a_terminal_and_ctrl_c(tmp_path):
             seen.decode(errors="replace")[-2000:]
         os.write(master, b"\x03")  # Ctrl+C, as typed: the terminal signals the whole foreground group
         _read_until(master, r"resume", 60, seen)
-        rc = proc.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:  # keep reading: a full pty blocks its writer
+            _read_until(master, r"$^", 0.5, seen)
+        rc = proc.wait(timeout=5)
         _read_until(master, r"$^", 1, seen)
     finally:
         if proc.poll() is None:
@@ -127,3 +130,40 @@ def test_sigterm_exits_143(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "SIGTERM received" in err
+
+
+def test_live_display_shows_llm_requests_tokens_and_cost(tmp_path, server):
+    from synthpipe.models import OpenAILLM
+    from synthpipe.pipeline import Pipeline
+    from synthpipe.steps import LoadDataFromDicts
+    from synthpipe.steps.tasks import TextGeneration
+
+    server.configure(latency=0.1)
+    with Pipeline(name="live-llm", prices={"test-model": {"input": 1.0, "output": 2.0}}) as pipeline:
+        load = LoadDataFromDicts(data=[{"instruction": f"q {i}"} for i in range(60)], batch_size=4)
+        llm = OpenAILLM(model="test-model", base_url=server.base_url, max_concurrency=2)
+        load >> TextGeneration(name="gen", llm=llm, input_batch_size=4)
+    path = pipeline.save(tmp_path / "live.yaml")
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, b"\x28\x00\xb4\x00\x00\x00\x00\x00")  # 40 rows, 180 columns
+    proc = subprocess.Popen([sys.executable, "-m", "synthpipe", "run", str(path)], stdin=slave, stdout=slave,
+                            stderr=slave, cwd=tmp_path, env=_env(tmp_path, TERM="xterm-256color"),
+                            start_new_session=True)
+    os.close(slave)
+    seen = bytearray()
+    try:
+        assert _read_until(master, r"LLM requests", 60, seen), seen.decode(errors="replace")[-2000:]
+        assert _read_until(master, r"cost so far", 30, seen), seen.decode(errors="replace")[-2000:]
+        assert _read_until(master, r"test-model\s*│\s*\d+\s*│\s*[1-9]", 30, seen)  # in flight, then sent
+        deadline = time.monotonic() + 90
+        while proc.poll() is None and time.monotonic() < deadline:  # keep reading: a full pty blocks its writer
+            _read_until(master, r"$^", 0.5, seen)
+        rc = proc.wait(timeout=5)
+        _read_until(master, r"$^", 1, seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert rc == 0, seen.decode(errors="replace")[-3000:]
+    assert "default: 60 rows" in seen.decode(errors="replace")
