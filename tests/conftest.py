@@ -85,7 +85,7 @@ def _llm_test_server():
 def server(_llm_test_server):
     """The OpenAI/Anthropic-compatible test server (tests/llm_server.py), counters reset and
     faults off; one per test module."""
-    _llm_test_server.configure(latency=0.0, fail_first=0, fail_rate=0.0, retry_after=0.05,
+    _llm_test_server.configure(latency=0.0, fail_first=0, fail_rate=0.0, retry_after=0.05, cost_per_token=None,
                                retry_after_style="seconds")
     _llm_test_server.reset()
     return _llm_test_server

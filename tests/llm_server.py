@@ -100,6 +100,7 @@ class ServerConfig:
     # when a JSON format was asked for (so a test can send a malformed one). ``{i}`` in the content
     # becomes the choice's index. In-process only: ``responder(body) -> str | None`` is asked first.
     answers: list = dataclasses.field(default_factory=list)
+    cost_per_token: float | None = None  # when set, chat answers report usage.cost (as OpenRouter does)
     responder: Any = None
 
 
@@ -375,6 +376,8 @@ def _chat_answer(cfg: ServerConfig, body: dict[str, Any], prompt: str, bad_json:
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
+            **({"cost": cfg.cost_per_token * (prompt_tokens + completion_tokens)}
+               if cfg.cost_per_token is not None else {}),
         },
     }
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from synthpipe.accounting import Accounting
 from synthpipe.distiset import Distiset
 from synthpipe.errors import ColumnTypeClash, ErrorRecord, RunInterrupted
 from synthpipe.models.cache import RESPONSE
@@ -29,8 +30,8 @@ from synthpipe.store.responses import ResponseLog
 from synthpipe.store.run_dir import RunDirectory, structure_signature
 from synthpipe.store.signature import combined_signature, plan_signatures
 from synthpipe.ui.errors import describe_failure, log_failure
+from synthpipe.ui.live import LiveProgress, expected_rows
 from synthpipe.ui.logs import RunLogging, level_from_env
-from synthpipe.ui.progress import Progress
 
 if TYPE_CHECKING:
     from synthpipe.pipeline.base import Pipeline
@@ -186,7 +187,12 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
         stored_sources={step: {seq: b.sources for seq, b in batches.items() if b.sources is not None}
                         for step, batches in stored.items()},
     )
-    progress = Progress(scheduler.stats())
+    accounting = Accounting(plan, pipeline.name, store.root, run_dir.path, durable,
+                            getattr(pipeline, "prices", None), getattr(pipeline, "max_budget", None))
+    progress = LiveProgress(scheduler.stats(), accounting.tally,
+                            expected_rows(plan.order, {n: plan.step(n) for n in plan.order},
+                                          {n: plan.dag.predecessors(n) for n in plan.order}),
+                            activity=accounting.llm_activity)
     warned: set[tuple[str | None, str]] = set()
     responses = ResponseLog(store.responses_folder)
     synced = [time.monotonic()]
@@ -201,6 +207,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
                    error.headline())
 
     def persist(action: Persist, data: bytes | None) -> None:
+        accounting.stored(action.step, action.seq, action.rows, action.inputs, action.failed)
         if durable:
             store.persist(action.step, signatures[action.step], action.seq, data or batch_format.encode(action.rows),
                           len(action.rows), action.last,
@@ -212,6 +219,8 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
 
     def tick() -> None:
         progress.tick()
+        if accounting.over_budget(scheduler.jobs_in_flight()):
+            signals.request_stop("a stop request (max_budget)")
         if durable and time.monotonic() - synced[0] > SYNC_EVERY_SECONDS:
             ledger.sync()
             responses.sync()
@@ -226,8 +235,15 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
         on_replay=replay,
         on_tick=tick,
         on_log=RunLogging.worker_line,
-        on_record=lambda kind, payload: responses.append(*payload) if kind == RESPONSE and durable else None,
+        on_record=lambda kind, payload: record(kind, payload),
+        on_sent=accounting.sent,
     )
+
+    def record(kind: str, payload: Any) -> None:
+        accounting.record(kind, payload)
+        if kind == RESPONSE and durable:
+            responses.append(*payload)
+
     signals = StopSignals()
     context = ({"responses": str(store.responses_folder), "read_responses": read_responses, STORE_BATCHES: True}
                if durable else {})
@@ -251,9 +267,10 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
             outcome = "finished"
         except RunInterrupted as exc:
             interrupted = exc
-            outcome = str(exc)
+            outcome = "stopped at its budget" if accounting.stopped_by_budget else str(exc)
         except BaseException as exc:
             outcome = f"stopped: {exc}" if str(exc) else f"stopped ({type(exc).__name__})"
+            _attach_input_row(exc, scheduler)
             failure = exc
             log_failure(exc)
         finally:
@@ -266,8 +283,12 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
                     interrupted = RunInterrupted(signum, f"stopped by {signal.Signals(signum).name}")
                 ledger.close()
                 responses.close()
+                usage_line = accounting.summary()
                 logger.info("synthpipe: pipeline '%s' %s\n%s", pipeline.name, outcome,
-                            "\n".join(progress.summary_lines()))
+                            "\n".join(progress.summary_lines() + ([usage_line] if usage_line else [])))
+                accounting.finish("finished" if outcome == "finished" and interrupted is None
+                                  else ("interrupted" if interrupted is not None else "failed"),
+                                  dict(writer.rows_written), ledger.count)
                 if ledger.count:
                     logger.warning("%s", ledger.summary())
                 if interrupted is not None:
@@ -278,6 +299,8 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     if interrupted is not None:
         if failure is not None:  # the run failed, and a signal came as it shut down: both are said
             logger.error("synthpipe: the run had failed before the signal came:\n%s", describe_failure(failure))
+        if accounting.stopped_by_budget and interrupted.signum == signal.SIGINT and len(signals.received) == 1:
+            raise accounting.budget_error() from None
         if interrupted.signum == signal.SIGINT:
             raise KeyboardInterrupt(str(interrupted)) from None
         raise SystemExit(128 + interrupted.signum)
@@ -293,6 +316,21 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     store.mark_complete(combined_signature(signatures), run_id,
                         {leaf: [str(f.relative_to(run_dir.path)) for f in fs] for leaf, fs in files.items()})
     return distiset
+
+
+def _attach_input_row(exc: BaseException, scheduler: Scheduler) -> None:
+    """Give the error that ends a run the input row that triggered it (its first, when the
+    failure does not say which), for the message the user reads."""
+    batch = getattr(scheduler, "failed_batch", None)
+    record = getattr(exc, "record", None)
+    if batch is None or record is None or not batch.inputs or not batch.inputs[0]:
+        return
+    rows = batch.inputs[0]
+    index = record.rows[0] - batch.row_start if record.rows else 0
+    try:
+        exc.input_row = rows[index if 0 <= index < len(rows) else 0]  # type: ignore[attr-defined]
+    except Exception:
+        pass
 
 
 def _keep_finished_rows(writer: LeafWriter) -> None:

@@ -168,10 +168,12 @@ def generations_of(answer: dict[str, Any], num_generations: int) -> GenerateOutp
     n = max(1, len(texts))
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
-    return {
-        "generations": texts,
-        "statistics": {"input_tokens": [prompt] * len(texts), "output_tokens": [completion // n] * len(texts)},
-    }
+    statistics: dict[str, Any] = {"input_tokens": [prompt] * len(texts),
+                                  "output_tokens": [completion // n] * len(texts)}
+    cost = usage.get("cost")  # what the provider says the request cost (OpenRouter and the like)
+    if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+        statistics["cost"] = [float(cost) / n] * len(texts)
+    return {"generations": texts, "statistics": statistics}
 
 
 class OllamaLLM(OpenAILLM):

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from synthpipe.errors import SynthpipeError
+from synthpipe.models import telemetry
 from synthpipe.models.limits import EndpointLimits
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -381,6 +382,7 @@ class OpenAICompatibleClient:
         policy = self.retry
         stats = self.stats
         stats["requests"] += 1
+        telemetry.seen(self, payload.get("model"))
         attempts = 0
         for attempts in range(1, policy.max_retries + 2):
             if gate.paused_until > limits.clock():
@@ -441,6 +443,7 @@ class OpenAICompatibleClient:
                             if isinstance(used, int):
                                 budget.adjust(tokens, used)
                         stats["succeeded"] += 1
+                        telemetry.seen(self, payload.get("model"))
                         return data
                 else:
                     stats[f"http_{status}"] += 1
@@ -460,8 +463,10 @@ class OpenAICompatibleClient:
 
             if not failure.retryable or attempts > policy.max_retries:
                 stats["failed"] += 1
+                telemetry.seen(self, payload.get("model"))
                 raise failure from cause
             stats["retries"] += 1
+            telemetry.seen(self, payload.get("model"))
             await asyncio.sleep(policy.delay(attempts, retry_after))
         raise AssertionError("unreachable")  # pragma: no cover
 

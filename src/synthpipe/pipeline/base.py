@@ -31,7 +31,9 @@ class Pipeline:
 
     ``run()`` starts one worker process per step replica and returns a ``Distiset``.
     ``max_rows_in_flight`` bounds the rows held between steps; ``stop_grace_seconds`` is how
-    long running batches may finish after a first Ctrl+C or SIGTERM.
+    long running batches may finish after a first Ctrl+C or SIGTERM. ``prices`` (per million
+    tokens, per model name; or a file of them) turn token usage into cost; ``max_budget`` (money,
+    or ``{"tokens": N}``) stops a run gracefully before it would pass it.
     """
 
     def __init__(
@@ -42,12 +44,16 @@ class Pipeline:
         cache_dir: str | None = None,
         max_rows_in_flight: int = 20_000,
         stop_grace_seconds: float = 10.0,
+        prices: dict[str, dict[str, float]] | str | None = None,
+        max_budget: float | dict[str, float] | None = None,
     ) -> None:
         self.name = name
         self.description = description
         self.cache_dir = cache_dir
         self.max_rows_in_flight = max_rows_in_flight
         self.stop_grace_seconds = stop_grace_seconds
+        self.prices = prices  # {model: {"input": X, "output": Y}} per million tokens, or a YAML/JSON file of it
+        self.max_budget = max_budget  # money, {"cost": X} or {"tokens": N}: the run stops before passing it
         self.dag = DAG()
         self._tokens: list[contextvars.Token[Pipeline | None]] = []
 
@@ -174,6 +180,16 @@ class Pipeline:
             dataset=dataset,
             dry_run_batch_size=batch_size,
         )
+
+    def estimate(self, sample: int = 10, *, rows: int | None = None,
+                 parameters: dict[str, dict[str, Any]] | None = None, dataset: Any = None) -> Any:
+        """Run ``sample`` rows through the pipeline (a dry run against the real LLMs: it is paid
+        for) and project tokens, cost and time for the whole input (``rows``, else what the
+        generators hold). Returns an ``Estimate``; ``print()`` it to see the assumptions."""
+        _refuse_inside_a_worker()
+        from synthpipe.estimate import estimate_pipeline
+
+        return estimate_pipeline(self, sample, rows, parameters, dataset)
 
 
 def _refuse_inside_a_worker() -> None:

@@ -40,6 +40,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 """format N -> a function taking a format-N document and returning a format-(N+1) one."""
 
 PIPELINE_FIELDS = ("name", "description", "cache_dir", "max_rows_in_flight", "stop_grace_seconds")
+OPTIONAL_FIELDS = ("prices", "max_budget")  # written only when set
 _MODEL, _TYPE, _DICT = "__model__", "__class__", "__dict__"  # markers: a model, a class, a dict holding a marker
 _SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie"})
 _SENSITIVE_KWARGS = frozenset({"api_key", "apikey", "token", "hf_token", "access_token", "auth_token", "password",
@@ -66,6 +67,7 @@ def dump_pipeline(pipeline: Pipeline) -> dict[str, Any]:
             entry["secrets_left_out"] = left_out
         steps.append(entry)
     body: dict[str, Any] = {field: getattr(pipeline, field) for field in PIPELINE_FIELDS}
+    body.update({field: getattr(pipeline, field) for field in OPTIONAL_FIELDS if getattr(pipeline, field, None)})
     body["steps"] = steps
     body["connections"] = [{"from": src, "to": dst} for src, dst in pipeline.dag.edges()]
     return {FORMAT_KEY: FORMAT_VERSION, "synthpipe_version": __version__, "pipeline": body}
@@ -240,7 +242,7 @@ def pipeline_from_dict(cls: type[Pipeline], data: Any, allow_custom: AllowCustom
     """Build the pipeline a document describes (see the module docstring for what is allowed)."""
     body = _current_format(data, source)
     allowed = _allowed(allow_custom)
-    kwargs = {field: body[field] for field in PIPELINE_FIELDS if field in body}
+    kwargs = {field: body[field] for field in (*PIPELINE_FIELDS, *OPTIONAL_FIELDS) if field in body}
     name = kwargs.get("name", "pipeline")
     if not isinstance(name, str) or not name or any(c in name for c in "/\\\0") or name in (".", ".."):
         raise PipelineFileError(f"{source}: the pipeline's name {name!r} must be a plain name (it names a folder "

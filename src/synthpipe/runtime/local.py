@@ -151,6 +151,9 @@ class ExecutorHooks:
     on_replay: Callable[[str, int], tuple[list[dict[str, Any]], bool]] = lambda step, seq: ([], False)
     on_tick: Callable[[], None] = lambda: None
     on_record: Callable[[str, Any], None] = lambda kind, payload: None
+    on_sent: Callable[[str, int, int], None] = lambda step, replica, seq: None
+    """A batch (or a generator's batch number) was handed to ``replica`` of ``step``: for the
+    run's timeline."""
     on_log: Callable[[int, str, str], None] = field(
         default=lambda level, name, text: logging.getLogger(name).log(level, text)
     )
@@ -343,7 +346,7 @@ class LocalExecutor:
         """First signal: stop handing out work. A second SIGINT: stop now. True to leave."""
         received = self.signals.received  # type: ignore[union-attr]
         if self._stop_deadline is None:
-            name = signal.Signals(received[0]).name
+            name = getattr(self.signals, "reason", None) or signal.Signals(received[0]).name
             running = self.scheduler.jobs_in_flight()
             logger.warning(
                 "synthpipe: %s received: handing out no more work; waiting up to %gs for the %d batch(es) "
@@ -508,9 +511,11 @@ class LocalExecutor:
                 b = action.batch
                 message = (m.BATCH, action.ticket, b.seq, b.row_start, b.inputs)
                 self._send(b.step, action.replica, action.ticket, message)
+                self.hooks.on_sent(b.step, action.replica, b.seq)
             elif isinstance(action, Generate):
                 message = (m.GENERATE, action.ticket, action.seq, action.offset)
                 self._send(action.step, action.replica, action.ticket, message)
+                self.hooks.on_sent(action.step, action.replica, action.seq)
             elif isinstance(action, Emit):
                 self.hooks.on_emit(action.step, action.seq, action.rows, action.keys)
             elif isinstance(action, RowsFailed):

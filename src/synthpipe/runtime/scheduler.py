@@ -355,6 +355,7 @@ class Scheduler:
         self.worker_capacity = worker_capacity
         self.split_at_origin = _feeders_of_joins(self.specs)
         self.failed: ErrorRecord | None = None
+        self.failed_batch: Batch | None = None
         self.done = False
         self.stopping = False
         self.drained = False
@@ -567,6 +568,7 @@ class Scheduler:
     def _give_up(self, st: _StepState, batch: Batch, error: ErrorRecord) -> list[Action]:
         """The batch will not succeed: record its rows (skip) or stop the run (fail)."""
         if st.spec.kind != "normal" or st.spec.on_error == "fail":
+            self.failed_batch = batch  # for the error shown to the user: the rows it was given
             return self._fail(error)
         st.stats.rows_failed += batch.size
         actions: list[Action] = [RowsFailed(batch, error), *self._complete(st, batch, [], None, failed=True)]

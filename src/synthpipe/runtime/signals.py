@@ -46,6 +46,13 @@ class StopSignals:
         except OSError:  # pipe full: a wake-up is already pending
             pass
 
+    reason: str | None = None  # set when the coordinator asked for the stop itself
+
+    def request_stop(self, reason: str) -> None:
+        """Stop as for a first Ctrl+C, asked by the coordinator itself (a budget reached)."""
+        self.reason = reason
+        self._handle(signal.SIGINT, None)
+
     def fileno(self) -> int:
         return self._read_fd
 
