@@ -174,7 +174,8 @@ class Task(Step):
                 try:
                     structured.validate_text(text)
                 except InvalidStructuredOutput as exc:
-                    raise InvalidStructuredOutput(f"{exc} (generation {i})", exc.raw_output) from None
+                    raise InvalidStructuredOutput(f"{exc} (generation {i}; 1 attempt: an answer that does not "
+                                                  "fit is not retried in this run)", exc.raw_output) from None
             elif text is None:  # a refusal, a content filter: never a silent None
                 raise IncompleteAnswer(f"{self.llm.model_name} returned no text (generation {i})")
             formatted.append(self.format_output(text, row))
