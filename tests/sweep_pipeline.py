@@ -11,7 +11,7 @@ from synthpipe.steps import LoadDataFromDicts
 journal, started = sys.argv[1], sys.argv[2]
 
 with Pipeline(name="sweep", stop_grace_seconds=20) as pipeline:
-    LoadDataFromDicts(data=rows(60), batch_size=5) >> Journal(name="journal", path=journal, delay=0.05,
+    LoadDataFromDicts(data=rows(60), batch_size=5) >> Journal(name="journal", path=journal, delay=0.1,
                                                                input_batch_size=5)
 
 if __name__ == "__main__":
