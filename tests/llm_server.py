@@ -34,7 +34,7 @@ are counted per prompt text (the whole text, marker included), from 1:
 * ``[[badjson]]`` / ``[[badjson:1]]`` -- structured output that is not valid JSON.
 * ``[[notjson]]`` -- a 200 whose body is an HTML page, not JSON.
 * ``[[truncate]]`` -- a 200 whose headers promise the whole answer, then ``TRUNCATE_AT`` bytes of
-  it and the connection closed (chat completions).
+  it and the connection closed (chat completions, messages).
 * ``[[delay:0.5]]`` -- answer 0.5 s later than the configured latency.
 * ``[[onechoice]]`` -- one choice whatever ``n`` asks for; ``[[refuse]]`` -- a choice with
   ``content: null`` and ``finish_reason: "content_filter"`` (chat completions).
@@ -571,8 +571,9 @@ def build_app(state: ServerState) -> web.Application:
             if "notjson" in markers:  # a proxy's error page where the answer should be
                 return web.Response(status=200, text="<html><body>502 Bad Gateway</body></html>",
                                     content_type="text/html")
-            if "truncate" in markers and kind == "chat" and request.transport is not None:
-                whole = dumps(_chat_answer(cfg, body, prompt, False)).encode()
+            if "truncate" in markers and kind in ("chat", "messages") and request.transport is not None:
+                answer = _chat_answer if kind == "chat" else _messages_answer
+                whole = dumps(answer(cfg, body, prompt, False)).encode()
                 cut = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
                 cut.content_length = len(whole)
                 await cut.prepare(request)

@@ -76,3 +76,37 @@ def test_an_answer_that_does_not_fit_the_schema_says_so(server, tmp_path, capfd)
     _everywhere(distiset, capfd.readouterr().err, "off schema",
                 r"the output does not match the schema: 'answer' is a required property; raw output: "
                 r"'\{\"wrong\": 1\}' \(generation 0; 1 attempt")
+
+
+def _anthropic_failure(base_url: str, prompt: str) -> str:
+    import asyncio
+
+    pytest.importorskip("anthropic")
+    from synthpipe.models.anthropic import AnthropicLLM
+
+    llm = AnthropicLLM(model="claude-test", api_key="sk-ant-test", base_url=base_url, max_retries=1, timeout=5)
+    llm.load()
+
+    async def ask() -> BaseException:
+        try:
+            await llm.agenerate([{"role": "user", "content": prompt}])
+        except Exception as exc:
+            return exc
+        raise AssertionError("the request did not fail")
+
+    try:
+        return str(asyncio.run(ask()))
+    finally:
+        llm.unload()
+
+
+def test_the_sdk_backends_say_the_same(server):
+    """The Anthropic SDK (httpx) reaches the same sentences for a refused and a cut connection."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    refused = _anthropic_failure(f"http://127.0.0.1:{port}", "nobody home")
+    assert re.search(rf"connection refused by 127\.0\.0\.1:{port} \(nothing listening there\?\) \(2 attempt", refused)
+    cut = _anthropic_failure(server.url, "cut [[truncate]]")
+    assert re.search(rf"the connection closed before the answer was complete \(received {TRUNCATE_AT} of "
+                     r"[0-9,]+ bytes\) \(2 attempt", cut), cut

@@ -64,3 +64,27 @@ def connection_failed(exc: BaseException, status: int | None, received: int | No
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the connection closed before any answer came"
     return f"connection error ({type(exc).__name__}: {exc})".replace(": )", ")")
+
+
+def httpx_connection_failed(exc: BaseException) -> str:
+    """The sentence for an httpx transport error (the SDK backends' HTTP client), as for aiohttp's."""
+    import re
+
+    seen, cause = [], exc
+    while cause is not None and len(seen) < 8:
+        seen.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(str(e) for e in seen)
+    if any(isinstance(e, ConnectionRefusedError) for e in seen) or "Connection refused" in text:
+        request = getattr(exc, "_request", None) or getattr(exc, "request", None)
+        url = getattr(request, "url", None) if request is not None else None
+        where = f" by {url.host}:{url.port}" if url is not None and getattr(url, "host", None) else ""
+        return f"connection refused{where} (nothing listening there?)"
+    partial = re.search(r"received (\d+) bytes, expected (\d+)", text)
+    if partial:
+        return (f"the connection closed before the answer was complete "
+                f"(received {int(partial.group(1)):,} of {int(partial.group(2)):,} bytes)")
+    if "without sending complete message body" in text or "Server disconnected" in text:
+        return "the connection closed before the answer was complete"
+    first = seen[-1] if seen else exc
+    return f"connection error ({type(first).__name__}: {first})"
