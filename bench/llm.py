@@ -19,6 +19,11 @@ one-row run of the same pipeline) so the steady rate can be told from the fixed 
     .venv/bin/python bench/llm.py
     .venv/bin/python bench/llm.py --distilabel-python /work/distilabel-venv/bin/python
     .venv/bin/python bench/llm.py --quick
+    .venv/bin/python bench/llm.py --tail --rows 4000 --in-flight 64 --latency 0.05   # the latency-tail mode
+
+``--tail`` (``bench/llm_tail.py``): a heavy-tailed latency and ``--tail-fraction`` of the requests
+held past ``--tail-timeout``; reports rows/s, the median requests in flight while rows wait, and
+the limit Little's law gives, beside a bare aiohttp loop.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from http_client import run_bare, server_call, start_server, stop_server
+from llm_tail import print_tail, run_tail
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "llm.json"
@@ -130,7 +136,25 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--distilabel-python", default=os.environ.get("DISTILABEL_PYTHON"))
     parser.add_argument("--quick", action="store_true", help="500 rows, one repeat")
+    parser.add_argument("--tail", action="store_true", help="the latency-tail mode (bench/llm_tail.py)")
+    parser.add_argument("--tail-fraction", type=float, default=0.02)
+    parser.add_argument("--tail-timeout", type=float, default=3.0)
+    parser.add_argument("--max-rows-in-flight", type=int, default=None, help="the task's window (tail mode)")
     args = parser.parse_args()
+    if args.tail:
+        proc, port = start_server(args.latency)
+        try:
+            with tempfile.TemporaryDirectory() as cache:
+                results = run_tail(f"http://127.0.0.1:{port}", args, cache)
+        finally:
+            stop_server(proc)
+        print_tail(results, args)
+        tail_file = RESULTS.with_name("llm_tail.json")
+        tail_file.parent.mkdir(parents=True, exist_ok=True)
+        tail_file.write_text(json.dumps({"benchmark": "llm-tail", "latency_s": args.latency,
+                                         "tail_fraction": args.tail_fraction, "timeout_s": args.tail_timeout,
+                                         "results": results, "cpus": os.cpu_count()}, indent=2))
+        return 0
     if args.quick:
         args.rows, args.repeat = 500, 1
     kinds = ["bare", "synthpipe"] + (["distilabel"] if args.distilabel_python else [])

@@ -32,6 +32,9 @@ are counted per prompt text (the whole text, marker included), from 1:
 * ``[[hang]]`` / ``[[hang:1]]`` -- never answer (until the client gives up or the server stops).
 * ``[[drop]]`` / ``[[drop:1]]`` -- close the TCP connection without an answer.
 * ``[[badjson]]`` / ``[[badjson:1]]`` -- structured output that is not valid JSON.
+* ``[[notjson]]`` -- a 200 whose body is an HTML page, not JSON.
+* ``[[truncate]]`` -- a 200 whose headers promise the whole answer, then ``TRUNCATE_AT`` bytes of
+  it and the connection closed (chat completions, messages).
 * ``[[delay:0.5]]`` -- answer 0.5 s later than the configured latency.
 * ``[[onechoice]]`` -- one choice whatever ``n`` asks for; ``[[refuse]]`` -- a choice with
   ``content: null`` and ``finish_reason: "content_filter"`` (chat completions).
@@ -79,6 +82,7 @@ from aiohttp import web
 
 MARKER_RE = re.compile(r"\[\[(\w+)(?::([\w.]+))?\]\]")
 DEFAULT_MODEL = "test-model"
+TRUNCATE_AT = 10  # bytes of a [[truncate]]d answer that are sent
 
 
 @dataclasses.dataclass
@@ -567,6 +571,18 @@ def build_app(state: ServerState) -> web.Application:
                     extra = _retry_after_headers(cfg, cfg.retry_after) if status in _RETRY_AFTER_STATUSES else {}
                     message = f"injected fault {status} (attempt {attempt}) for prompt {prompt[:200]!r}"
                     return reply(status, error_body(status, message), extra)
+            if "notjson" in markers:  # a proxy's error page where the answer should be
+                return web.Response(status=200, text="<html><body>502 Bad Gateway</body></html>",
+                                    content_type="text/html")
+            if "truncate" in markers and kind in ("chat", "messages") and request.transport is not None:
+                answer = _chat_answer if kind == "chat" else _messages_answer
+                whole = dumps(answer(cfg, body, prompt, False)).encode()
+                cut = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+                cut.content_length = len(whole)
+                await cut.prepare(request)
+                await cut.write(whole[:TRUNCATE_AT])
+                request.transport.close()  # the headers promised more: the connection ends part-way
+                return cut
             if kind == "chat":
                 if not body.get("messages"):
                     status = 400

@@ -579,3 +579,15 @@ def CheckPair(inputs: StepInput, tag: RuntimeParameter[str] = "x"):
         assert type(row["pair"]) is tuple, row
         row["check_tag"] = tag
     yield inputs
+
+
+@step(inputs=["instruction"], outputs=["journaled"])
+def Journal(inputs: StepInput, path: RuntimeParameter[str] = "", delay: RuntimeParameter[float] = 0.0):
+    """Appends the batch's instructions to ``path`` once the batch is computed: what a resume
+    recomputes shows as a line written twice."""
+    time.sleep(delay)
+    for row in inputs:
+        row["journaled"] = True
+    with open(path, "a") as fh:
+        fh.write(" ".join(row["instruction"] for row in inputs) + "\n")
+    yield inputs

@@ -39,7 +39,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger("synthpipe")
 
 
-def step_specs(plan: Plan, dry_run: bool = False) -> list[StepSpec]:
+def _capacity(step: Any, budgeted: bool) -> int:
+    """Batches a worker holds at once. Under a budget an LLM task reads no rows ahead of its
+    request slots: a graceful stop lets held batches finish, and rows read ahead would be
+    paid for past the budget."""
+    if budgeted and getattr(step, "max_rows_in_flight", 0) is None:
+        return step.model_copy(update={"max_rows_in_flight": 1}).batches_at_once()
+    return step.batches_at_once()
+
+
+def step_specs(plan: Plan, dry_run: bool = False, budgeted: bool = False) -> list[StepSpec]:
     specs = []
     for name in plan.order:
         step = plan.step(name)
@@ -59,7 +68,7 @@ def step_specs(plan: Plan, dry_run: bool = False) -> list[StepSpec]:
                 max_restarts=step.max_restarts,
                 max_failed_rows=step.max_failed_rows,
                 max_failure_rate=step.max_failure_rate,
-                capacity=step.batches_at_once(),
+                capacity=_capacity(step, budgeted),
             )
         )
     return specs
@@ -175,7 +184,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
 
     writer = LeafWriter(run_dir.data_dir, leaves, on_misfit=misfits)
     scheduler = Scheduler(
-        step_specs(plan, dry_run=not durable),
+        step_specs(plan, dry_run=not durable, budgeted=getattr(pipeline, "max_budget", None) is not None),
         max_rows_in_flight=pipeline.max_rows_in_flight,
         stored={step: {seq: b.rows for seq, b in batches.items()} for step, batches in stored.items()},
         stored_inputs={step: {seq: b.inputs for seq, b in batches.items() if b.inputs is not None}

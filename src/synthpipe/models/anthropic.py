@@ -186,9 +186,10 @@ class AnthropicLLM(OneRequestPerGeneration, RemoteLLM):
             message = f"Anthropic API: no answer within {self.timeout}s after {attempts} attempt(s)"
             return RequestFailed(message, None, True, attempts, None, url, "timeout")
         if isinstance(exc, sdk.APIConnectionError):
-            cause = exc.__cause__ or exc.__context__
-            detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
-            message = redact(f"Anthropic API: connection failed after {attempts} attempt(s): {detail}", secret)
+            from synthpipe.models.transport_errors import httpx_connection_failed
+
+            detail = httpx_connection_failed(exc)
+            message = redact(f"Anthropic API: {detail} ({attempts} attempt(s))", secret)
             return RequestFailed(message, None, True, attempts, None, url, "connection")
         message = redact(f"Anthropic API: {type(exc).__name__}: {exc}", secret)
         return RequestFailed(message, None, False, attempts, None, url, "client")

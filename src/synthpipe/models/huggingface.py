@@ -262,6 +262,8 @@ class InferenceEndpointsLLM(OneRequestPerGeneration, AsyncLLM):
             message = f"{self.model_name}: no answer within {self.timeout}s {tries}"
             return RequestFailed(message, None, True, attempt, None, url, "timeout"), None
         if isinstance(exc, httpx2.TransportError):
-            message = redact(f"{self.model_name}: connection failed {tries}: {type(exc).__name__}: {exc}", secret)
+            from synthpipe.models.transport_errors import httpx_connection_failed
+
+            message = redact(f"{self.model_name}: {httpx_connection_failed(exc)} ({tries})", secret)
             return RequestFailed(message, None, True, attempt, None, url, "connection"), None
         return None, None

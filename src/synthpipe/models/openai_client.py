@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from synthpipe.errors import SynthpipeError
-from synthpipe.models import telemetry
+from synthpipe.models import telemetry, transport_errors
 from synthpipe.models.limits import EndpointLimits
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -395,11 +395,13 @@ class OpenAICompatibleClient:
             retry_after: float | None = None
             failure: RequestFailed | None = None
             cause: BaseException | None = None
+            answer = None
             try:
                 if gate.paused_until > started:  # a pause began while we queued for a slot
                     await gate.wait()
                 stats["attempts"] += 1
                 async with session.post(url, data=body) as response:
+                    answer = response
                     status = response.status
                     raw = await response.read()
                     if status >= 300:
@@ -411,11 +413,11 @@ class OpenAICompatibleClient:
                 )
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 cause = exc
-                detail = self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
+                received = answer.content.total_bytes if answer is not None else None
+                expected = answer.content_length if answer is not None else None
+                detail = self._redact(transport_errors.connection_failed(exc, status, received, expected))
                 ssl_problem = isinstance(exc, aiohttp.ClientSSLError)
-                failure = self._failure(
-                    path, f"connection error ({detail})", None, not ssl_problem, attempts, None, "connection", None
-                )
+                failure = self._failure(path, detail, None, not ssl_problem, attempts, None, "connection", None)
             except aiohttp.ClientError as exc:
                 cause = exc
                 detail = self._redact(f"{type(exc).__name__}: {exc}")
@@ -431,8 +433,7 @@ class OpenAICompatibleClient:
                     except ValueError as exc:
                         cause = exc
                         failure = self._failure(
-                            path,
-                            f"HTTP {status} with a body that is not JSON: {self._redact(_excerpt(raw))}",
+                            path, self._redact(transport_errors.not_json(status, raw)),
                             status, True, attempts, self._redact(_excerpt(raw)), "decode", None,
                         )  # fmt: skip
                     else:
@@ -455,9 +456,8 @@ class OpenAICompatibleClient:
                         budget.adjust(tokens, 0)
                     retryable = status in RETRYABLE_STATUSES or status >= 500
                     excerpt = self._redact(_excerpt(raw))
-                    failure = self._failure(
-                        path, f"HTTP {status}: {excerpt}", status, retryable, attempts, excerpt, "http", retry_after
-                    )
+                    what = self._redact(transport_errors.http_status(status, raw))
+                    failure = self._failure(path, what, status, retryable, attempts, excerpt, "http", retry_after)
             else:
                 stats[failure.kind] += 1
 

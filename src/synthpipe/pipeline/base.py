@@ -158,12 +158,15 @@ class Pipeline:
         out back in its place in the result; nothing else is computed again.
         """
         _refuse_inside_a_worker()
-        from synthpipe.runner import run_pipeline
+        from synthpipe.runtime.signals import stops_deferred
 
-        return run_pipeline(
-            self, parameters=parameters, dataset=dataset, use_cache=use_cache, retry_failed=retry_failed,
-            log_level=log_level,
-        )
+        with stops_deferred():  # a Ctrl+C from here on stops the run, wherever it comes
+            from synthpipe.runner import run_pipeline
+
+            return run_pipeline(
+                self, parameters=parameters, dataset=dataset, use_cache=use_cache, retry_failed=retry_failed,
+                log_level=log_level,
+            )
 
     def dry_run(
         self,

@@ -56,7 +56,7 @@ from synthpipe.runtime.scheduler import (
     RowsFailed,
     Scheduler,
 )
-from synthpipe.runtime.signals import StopSignals
+from synthpipe.runtime.signals import StopSignals, start_fork_server
 from synthpipe.runtime.worker import MAIN_MODULE, worker_main
 
 logger = logging.getLogger("synthpipe.runtime")
@@ -279,6 +279,7 @@ class LocalExecutor:
         ctx = mp.get_context(self.start_method)
         if self.start_method == "forkserver":  # taken when the fork server starts (once per process)
             ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+            start_fork_server()
         # Under forkserver the workers' parent is the fork server, not this process.
         parent_pid = os.getpid() if self.start_method == "spawn" else 0
         parent_conn, child_conn = ctx.Pipe(duplex=True)

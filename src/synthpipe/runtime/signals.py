@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -30,6 +32,11 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
+            outer = getattr(self._previous[signal.SIGINT], "__self__", None)
+            if isinstance(outer, StopSignals) and outer.received:  # came before this part began: ours now
+                self.received.extend(outer.received)
+                outer.received.clear()
+                os.write(self._write_fd, b"\0")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -66,3 +73,38 @@ class StopSignals:
     @property
     def first(self) -> int | None:
         return self.received[0] if self.received else None
+
+
+def start_fork_server() -> None:
+    """Start multiprocessing's helpers so that no stop signal can kill them half-started.
+
+    The resource tracker is started first, on its own: its start-up unblocks SIGINT and SIGTERM
+    when it returns, and, run inside the fork server's start, it would leave the fork server to
+    import its preload modules with SIGINT at its default action (a Ctrl+C to the terminal
+    then killed it, and the run failed with an EOFError). With the tracker running, the fork
+    server starts with both signals blocked, inherits the mask, ignores SIGINT once it is ready
+    and never unblocks; a worker it forks unblocks them itself (``worker_main``).
+    """
+    from multiprocessing import forkserver, resource_tracker
+
+    resource_tracker.ensure_running()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+@contextmanager
+def stops_deferred() -> Iterator[None]:
+    """Around the whole of ``run()``: a stop signal that comes while the run is still being set
+    up (imports, the plan, the store) is kept, not raised where it lands, and handed to the
+    run's own ``StopSignals``, which stops at once. One that no run took (it came after the
+    run ended) ends the program as the signal would have, with no traceback of ours."""
+    with StopSignals() as early:
+        yield
+    if early.received:
+        signum = early.received[0]
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt("stopped by SIGINT")
+        raise SystemExit(128 + signum)

@@ -159,7 +159,8 @@ def worker_main(
     run_context: dict[str, Any] | None = None,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    # blocked by whoever started us (the fork server keeps both blocked): SIGTERM ends a worker
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     _die_with_parent(parent_pid)
     channel = _Channel(conn)
     _CHANNEL[:] = [channel]

@@ -15,7 +15,7 @@ from typing import Any
 
 NOT_IN_SIGNATURE = frozenset({
     "name", "resources", "on_error", "timeout", "load_timeout", "retries", "retry_delay",
-    "max_restarts", "max_failed_rows", "max_failure_rate", "use_cache",
+    "max_restarts", "max_failed_rows", "max_failure_rate", "use_cache", "max_rows_in_flight",
 })
 
 

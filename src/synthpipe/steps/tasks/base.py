@@ -20,6 +20,9 @@ from synthpipe.runtime.worker import current_row_start
 from synthpipe.steps.base import OnError, RowFailure, Step, StepInput, StepResult, column_spec
 
 METADATA_COLUMN = "synthpipe_metadata"
+ROWS_PER_REQUEST_SLOT = 32
+"""The default window: rows held per request the LLM may have in flight. A row whose answer is
+slow holds its batch; 32 rows a slot keep the slots busy while 2 % of the requests wait seconds."""
 _TASK_SCHEMA_NAME = "task_output"  # the name a task's own default schema goes by
 
 
@@ -74,6 +77,10 @@ class Task(Step):
     add_raw_input: bool = True
     on_error: Optional[OnError] = "skip"  # a failed request fails its row, not the run (the guard still watches)
     use_default_structured_output: bool = True
+    max_rows_in_flight: Optional[int] = Field(default=None, ge=1)
+    """Rows a replica holds at once, answered or waiting (None: ``ROWS_PER_REQUEST_SLOT`` per request
+    the LLM may have in flight). Batches keep their boundaries and order, but while one waits on a
+    slow answer the requests of later ones go out, so a few stragglers do not empty the window."""
 
     # -- what tasks define ------------------------------------------------------------
 
@@ -143,10 +150,13 @@ class Task(Step):
         self.llm.unload()
 
     def batches_at_once(self) -> int:
-        """Enough batches to keep the LLM's concurrency busy, and one more to overlap."""
+        """Enough batches to keep the LLM's concurrency busy while earlier batches wait on their
+        stragglers: ``max_rows_in_flight`` rows, at least the concurrency's worth and one batch more."""
         per_replica = self.llm.concurrency() / self.resources.replicas
         rows_wanted = per_replica / self.llm.requests_per_row(self.num_generations)
-        return max(2, math.ceil(rows_wanted / self.input_batch_size) + 1)
+        least = math.ceil(rows_wanted / self.input_batch_size) + 1
+        window = self.max_rows_in_flight or math.ceil(rows_wanted * ROWS_PER_REQUEST_SLOT)
+        return max(2, least, math.ceil(window / self.input_batch_size))
 
     async def aprocess(self, inputs: StepInput) -> StepResult:  # type: ignore[override]
         failures: list[RowFailure] = []
@@ -192,7 +202,8 @@ class Task(Step):
                 try:
                     structured.validate_text(text)
                 except InvalidStructuredOutput as exc:
-                    raise InvalidStructuredOutput(f"{exc} (generation {i})", exc.raw_output) from None
+                    raise InvalidStructuredOutput(f"{exc} (generation {i}; 1 attempt: an answer that does not "
+                                                  "fit is not retried in this run)", exc.raw_output) from None
             elif text is None:  # a refusal, a content filter: never a silent None
                 raise IncompleteAnswer(f"{self.llm.model_name} returned no text (generation {i})")
             formatted.append(self.format_output(text, row))
