@@ -106,7 +106,7 @@ class Pipeline:
         out back in its place in the result; nothing else is computed again.
         """
         _refuse_inside_a_worker()
-        from synthpipe.runner import run_pipeline
+        from synthpipe.run import run_pipeline
 
         return run_pipeline(
             self, parameters=parameters, dataset=dataset, use_cache=use_cache, retry_failed=retry_failed,
@@ -120,7 +120,7 @@ class Pipeline:
         dataset: Any = None,
     ) -> Distiset:
         """Run one batch of ``batch_size`` rows through the whole pipeline, to try it out."""
-        from synthpipe.runner import run_pipeline
+        from synthpipe.run import run_pipeline
 
         return run_pipeline(
             self,

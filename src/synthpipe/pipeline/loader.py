@@ -1,4 +1,5 @@
-"""Generators over data the user already holds in memory."""
+"""The in-memory loader: a generator over rows the user already holds. It sits in the definition
+layer because ``Pipeline.run(dataset=...)`` needs it; ``synthpipe.steps`` re-exports it."""
 
 from __future__ import annotations
 
@@ -39,3 +40,8 @@ class LoadDataFromDicts(GeneratorStep):
             end = min(start + size, total)
             # Copies, so the user's list is never mutated by downstream steps.
             yield [dict(row) for row in self.data[start:end]], end >= total
+
+
+# Its public home, the name step signatures and pipeline files have always used for it (a stored
+# run resumes across this move); that module re-exports this class.
+LoadDataFromDicts.__module__ = "synthpipe.steps.generators.data"

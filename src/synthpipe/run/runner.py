@@ -16,7 +16,7 @@ from synthpipe.distiset import Distiset
 from synthpipe.errors import RunInterrupted
 from synthpipe.models.cache import RESPONSE
 from synthpipe.pipeline.plan import Plan, build_plan
-from synthpipe.retry import reapply, retry_failed_rows
+from synthpipe.run.retry import reapply, retry_failed_rows
 from synthpipe.runtime.local import ExecutorHooks, LocalExecutor
 from synthpipe.runtime.scheduler import Batch, Persist, Scheduler, StepSpec
 from synthpipe.runtime.signals import StopSignals
