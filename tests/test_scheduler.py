@@ -51,6 +51,7 @@ from synthpipe.runtime.scheduler import (
     RowsFailed,
     Scheduler,
     StepSpec,
+    StoredOutput,
 )
 
 Row = dict[str, Any]
@@ -197,12 +198,10 @@ class FakeExecutor:
             specs,
             max_rows_in_flight=max_rows_in_flight,
             worker_capacity=worker_capacity,
-            stored={name: {seq: len(e[0]) for seq, e in seqs.items()} for name, seqs in self.stored.items()},
-            stored_inputs={
-                name: {seq: e[2] for seq, e in seqs.items() if len(e) > 2} for name, seqs in self.stored.items()
-            },
-            stored_failed_at={
-                name: {seq: e[3] for seq, e in seqs.items() if len(e) > 3} for name, seqs in self.stored.items()
+            stored={
+                name: {seq: StoredOutput(len(e[0]), e[2] if len(e) > 2 else None, failed_at=e[3] if len(e) > 3 else ())
+                       for seq, e in seqs.items()}
+                for name, seqs in self.stored.items()
             },
         )
         self.data = data or {}
@@ -2426,8 +2425,7 @@ def test_a_generator_asks_for_fresh_batches_only_once_its_stored_ones_are_given_
 def test_failed_rows_of_replayed_batches_count_for_the_failure_guard():
     """A resumed run still knows the rows that failed in the batches it replays."""
     specs = [gen("gen", ("a",), batch_size=5), step("a", ("gen",), on_error="skip", max_failed_rows=3)]
-    sched = Scheduler(specs, stored={"gen": {0: 5}, "a": {0: 0}}, stored_inputs={"a": {0: 5}},
-                      stored_failed={"a": {0: 5}})
+    sched = Scheduler(specs, stored={"gen": {0: 5}, "a": {0: StoredOutput(0, inputs=5, failed=5)}})
     (r0,) = sched.start()
     acts = sched.batch_done("gen", REPLAY, r0.ticket, rows_of(5), True)
     (ra,) = [a for a in acts if isinstance(a, Replay)]
@@ -2484,8 +2482,8 @@ def test_keys_of_a_step_that_changes_the_row_count_are_its_first_input_row():
 def test_keys_of_a_replayed_batch_with_failed_rows_are_those_of_its_first_run():
     specs = [gen("gen", ("a",), batch_size=5), step("a", ("gen",), ("b",), batch_size=5, on_error="skip"),
              step("b", ("a",))]
-    sched = Scheduler(specs, stored={"gen": {0: 5}, "a": {0: 3}, "b": {0: 3}}, stored_inputs={"a": {0: 5}},
-                      stored_failed={"a": {0: 2}}, stored_failed_at={"a": {0: (1, 3)}})
+    sched = Scheduler(specs, stored={"gen": {0: 5}, "a": {0: StoredOutput(3, inputs=5, failed=2, failed_at=(1, 3))},
+                                     "b": {0: 3}})
     acts = sched.start()
     (r,) = acts
     acts = sched.batch_done("gen", REPLAY, r.ticket, rows_of(5), True)
@@ -2568,8 +2566,7 @@ def test_an_isolated_batch_of_a_filtering_step_replays_with_the_keys_it_got_live
     (emit,) = [a for a in acts if isinstance(a, Emit)]
     assert emit.keys == [0, 2]  # each part's first row
 
-    replayed = Scheduler(specs, stored={"gen": {0: 4}, "a": {0: 2}}, stored_inputs={"a": {0: 4}},
-                         stored_sources={"a": {0: persist.sources}})
+    replayed = Scheduler(specs, stored={"gen": {0: 4}, "a": {0: StoredOutput(2, inputs=4, sources=persist.sources)}})
     (r,) = replayed.start()
     acts = replayed.batch_done("gen", REPLAY, r.ticket, rows_of(4), True)
     (ra,) = [a for a in acts if isinstance(a, Replay)]

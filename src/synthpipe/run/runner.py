@@ -18,7 +18,7 @@ from synthpipe.models.cache import RESPONSE
 from synthpipe.pipeline.plan import Plan, build_plan
 from synthpipe.run.retry import reapply, retry_failed_rows
 from synthpipe.runtime.local import ExecutorHooks, LocalExecutor
-from synthpipe.runtime.scheduler import Batch, Persist, Scheduler, StepSpec
+from synthpipe.runtime.scheduler import Batch, Persist, Scheduler, StepSpec, StoredOutput
 from synthpipe.runtime.signals import StopSignals
 from synthpipe.runtime.worker import STORE_BATCHES
 from synthpipe.store import batch_format
@@ -161,15 +161,8 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     scheduler = Scheduler(
         step_specs(plan, dry_run=not durable),
         max_rows_in_flight=pipeline.max_rows_in_flight,
-        stored={step: {seq: b.rows for seq, b in batches.items()} for step, batches in stored.items()},
-        stored_inputs={step: {seq: b.inputs for seq, b in batches.items() if b.inputs is not None}
-                       for step, batches in stored.items()},
-        stored_failed={step: {seq: b.failed for seq, b in batches.items() if b.failed}
-                       for step, batches in stored.items()},
-        stored_failed_at={step: {seq: b.failed_at for seq, b in batches.items() if b.failed_at}
-                          for step, batches in stored.items()},
-        stored_sources={step: {seq: b.sources for seq, b in batches.items() if b.sources is not None}
-                        for step, batches in stored.items()},
+        stored={step: {seq: StoredOutput(b.rows, b.inputs, b.failed, tuple(b.failed_at or ()), b.sources)
+                       for seq, b in batches.items()} for step, batches in stored.items()},
     )
     progress = Progress(scheduler.stats())
     warned: set[tuple[str | None, str]] = set()
