@@ -17,7 +17,8 @@ from synthpipe.errors import RunInterrupted
 from synthpipe.models.cache import RESPONSE
 from synthpipe.pipeline.plan import Plan, build_plan
 from synthpipe.run.retry import reapply, retry_failed_rows
-from synthpipe.runtime.local import ExecutorHooks, LocalExecutor
+from synthpipe.runtime.contract import ExecutorHooks
+from synthpipe.runtime.local import LocalExecutor
 from synthpipe.runtime.scheduler import Batch, Persist, Scheduler, StepSpec, StoredOutput
 from synthpipe.runtime.signals import StopSignals
 from synthpipe.runtime.worker import STORE_BATCHES
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("synthpipe")
 
+
+WORKER_PRELOAD = ("synthpipe.steps.tasks", "synthpipe.models.openai_client", "aiohttp")
+"""Upper-layer modules the local executor's fork server imports once, so workers start fast."""
 
 def step_specs(plan: Plan, dry_run: bool = False) -> list[StepSpec]:
     specs = []
@@ -211,7 +215,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
                if durable else {})
     executor = LocalExecutor({n: plan.step(n) for n in plan.order}, scheduler, hooks, signals=signals,
                              log_level=level, stop_grace_seconds=pipeline.stop_grace_seconds,
-                             worker_context=context)
+                             worker_context=context, preload=WORKER_PRELOAD)
     mode = "running" if durable else "dry run of"
     logger.info("synthpipe: %s pipeline '%s' (%d steps); run directory %s%s",
                 mode, pipeline.name, len(plan.order), run_dir.path,

@@ -7,7 +7,9 @@ this module and the driver, never on the scheduler's insides.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -183,3 +185,44 @@ class Finished:
 Action = Union[
     Dispatch, Generate, Replay, Persist, Emit, RowsFailed, RetryLater, RestartWorker, Fail, Drained, Finished
 ]
+
+
+
+# -- what an executor is given -----------------------------------------------------------------
+
+
+@dataclass
+class ExecutorHooks:
+    """What the executor hands back to the layers above it."""
+
+    on_emit: Callable[[str, int, list[dict[str, Any]], list[int]], None]
+    on_rows_failed: Callable[[Batch, ErrorRecord], None]
+    on_persist: Callable[[Persist, bytes | None], None] = lambda action, data: None
+    """``data``: the bytes the worker sent to be stored, or None for rows the coordinator put
+    together itself (the parts of a batch split to isolate a crash)."""
+    on_flush: Callable[[], None] = lambda: None
+    """Make the batches handed to ``on_persist`` so far durable (against a killed process).
+    Called before anything that follows from them leaves the coordinator: work for the next
+    steps, rows for the result."""
+    on_replay: Callable[[str, int], tuple[list[dict[str, Any]], bool]] = lambda step, seq: ([], False)
+    on_tick: Callable[[], None] = lambda: None
+    on_record: Callable[[str, Any], None] = lambda kind, payload: None
+    on_log: Callable[[int, str, str], None] = field(
+        default=lambda level, name, text: logging.getLogger(name).log(level, text)
+    )
+
+
+@dataclass(frozen=True)
+class ExecutorStep:
+    """What an executor needs to know of a step, so that it never probes the step object."""
+
+    name: str
+    replicas: int = 1
+    timeout: float | None = None  # seconds one batch may take
+    load_timeout: float | None = None  # seconds load() may take
+    is_async: bool = False  # its batches all run at once (each timed from when it was sent)
+
+    @classmethod
+    def of(cls, name: str, step: Any) -> ExecutorStep:
+        return cls(name, step.resources.replicas, step.timeout, step.load_timeout,
+                   bool(getattr(step, "is_async", False)))
