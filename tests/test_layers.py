@@ -120,6 +120,37 @@ def test_no_import_goes_up_the_layers():
     assert not problems, "imports that go up DESIGN.md's layer table:\n" + "\n".join(problems)
 
 
+def _module_level_imports(path: Path) -> set[str]:
+    """What importing ``path`` imports at once (not inside functions, not for type checkers)."""
+    deps: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.module and _matches(node.module, "synthpipe"):
+            deps.add(node.module)
+            deps.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            deps.update(a.name for a in node.names if _matches(a.name, "synthpipe"))
+    return deps
+
+
+def test_no_import_cycle():
+    graph = {module_name(p): _module_level_imports(p) for p in PACKAGE.rglob("*.py")}
+    graph = {mod: {d for d in deps if d in graph and d != mod} for mod, deps in graph.items()}
+    done: set[str] = set()
+
+    def visit(mod: str, path: list[str]) -> None:
+        if mod in path:
+            cycle = path[path.index(mod):] + [mod]
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+        if mod in done:
+            return
+        for dep in sorted(graph[mod]):
+            visit(dep, [*path, mod])
+        done.add(mod)
+
+    for mod in sorted(graph):
+        visit(mod, [])
+
+
 def test_no_module_is_over_500_lines():
     long = {str(p.relative_to(SRC)): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
