@@ -17,7 +17,7 @@ from synthpipe.errors import RunInterrupted
 from synthpipe.models.cache import RESPONSE
 from synthpipe.pipeline.plan import Plan, build_plan
 from synthpipe.run.retry import reapply, retry_failed_rows
-from synthpipe.runtime.contract import ExecutorHooks
+from synthpipe.runtime.contract import Executor, ExecutorHooks
 from synthpipe.runtime.local import LocalExecutor
 from synthpipe.runtime.scheduler import Batch, Persist, Scheduler, StepSpec, StoredOutput
 from synthpipe.runtime.signals import StopSignals
@@ -213,9 +213,9 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     signals = StopSignals()
     context = ({"responses": str(store.responses_folder), "read_responses": read_responses, STORE_BATCHES: True}
                if durable else {})
-    executor = LocalExecutor({n: plan.step(n) for n in plan.order}, scheduler, hooks, signals=signals,
-                             log_level=level, stop_grace_seconds=pipeline.stop_grace_seconds,
-                             worker_context=context, preload=WORKER_PRELOAD)
+    executor: Executor = LocalExecutor({n: plan.step(n) for n in plan.order}, scheduler, hooks, signals=signals,
+                                       log_level=level, stop_grace_seconds=pipeline.stop_grace_seconds,
+                                       worker_context=context, preload=WORKER_PRELOAD)
     mode = "running" if durable else "dry run of"
     logger.info("synthpipe: %s pipeline '%s' (%d steps); run directory %s%s",
                 mode, pipeline.name, len(plan.order), run_dir.path,

@@ -11,7 +11,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal, Protocol, Union
 
 from synthpipe.errors import ErrorRecord
 
@@ -226,3 +226,10 @@ class ExecutorStep:
     def of(cls, name: str, step: Any) -> ExecutorStep:
         return cls(name, step.resources.replicas, step.timeout, step.load_timeout,
                    bool(getattr(step, "is_async", False)))
+
+
+class Executor(Protocol):
+    """What the runner asks of an executor, whichever it is: run the scheduler to the end, raising
+    ``StepFailed`` when a failure stops the run and ``RunInterrupted`` when a signal did."""
+
+    def run(self) -> None: ...
