@@ -39,7 +39,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _guard(action: Any) -> Any:
     """Run a command's body, turning what ends it into the exit status."""
-    from synthpipe.accounting import BudgetReached
+    from synthpipe.run.accounting import BudgetReached
 
     try:
         return action()
@@ -175,7 +175,7 @@ def estimate_command(
     """Project tokens, cost and time of a full run from a small sample, with the assumptions."""
     from synthpipe.cli.loading import load_pipeline
     from synthpipe.cli.params import parse_params
-    from synthpipe.estimate import dumps
+    from synthpipe.run.estimate import dumps
 
     def body() -> None:
         pipeline = load_pipeline(source, pipeline_name=pipeline_name, trust=trust)

@@ -10,6 +10,8 @@ from typing import Any, Optional, TypeVar
 
 from pydantic import SecretStr
 
+from synthpipe.models.http.redaction import redact  # noqa: F401 (its old home)
+
 T = TypeVar("T")
 
 
@@ -41,12 +43,6 @@ async def gather_or_cancel(awaitables: list[Awaitable[T]]) -> list[T]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-
-
-def redact(text: str, secret: Optional[str]) -> str:
-    if secret and len(secret) >= 4:
-        text = text.replace(secret, "***")
-    return text
 
 
 class OneRequestPerGeneration:

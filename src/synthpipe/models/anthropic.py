@@ -161,7 +161,7 @@ class AnthropicLLM(OneRequestPerGeneration, RemoteLLM):
 
     def _failure(self, exc: BaseException) -> BaseException:
         """A plain, picklable error for a request that failed for good (no request, no headers)."""
-        from synthpipe.models.openai_client import RequestFailed
+        from synthpipe.models.http import RequestFailed
 
         sdk = self._sdk
         secret = self.api_key.get_secret_value() if self.api_key is not None else None

@@ -75,7 +75,7 @@ class ResponseCache:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
 
     def flush(self) -> None:
-        from synthpipe.runtime.worker import publish
+        from synthpipe.worker_context import publish
 
         if self._timer is not None:
             self._timer.cancel()
@@ -90,7 +90,7 @@ _CACHES: dict[int, ResponseCache] = {}
 
 def cache_for(llm: LLM, read: bool = True) -> ResponseCache | None:
     """The cache of this LLM in this worker (None outside a run, or in a dry run)."""
-    from synthpipe.runtime.worker import context
+    from synthpipe.worker_context import context
 
     ctx = context()
     if "responses" not in ctx:

@@ -211,24 +211,16 @@ class InferenceEndpointsLLM(OneRequestPerGeneration, AsyncLLM):
 
     async def _one(self, client: Any, semaphore: asyncio.Semaphore, params: dict[str, Any]) -> tuple[
             Optional[str], int, int]:
-        from synthpipe.models.openai_client import RetryPolicy
+        from synthpipe.models.http import RetryPolicy, call_with_retries
 
         policy = RetryPolicy(max_retries=self.max_retries or 0, base_delay=self.retry_base_delay,
                              timeout=self.timeout or 120.0)
-        attempt = 0
-        while True:  # bounded: at most max_retries + 1 attempts
-            attempt += 1
-            try:
-                async with semaphore:
-                    answer = await client.chat_completion(**params)
-                break
-            except Exception as exc:
-                failure, retry_after = self._failure(exc, attempt)
-                if failure is None:
-                    raise
-                if not failure.retryable or attempt > policy.max_retries:
-                    raise failure from None
-            await asyncio.sleep(policy.delay(attempt, retry_after))
+
+        async def attempt() -> Any:
+            async with semaphore:
+                return await client.chat_completion(**params)
+
+        answer = await call_with_retries(attempt, self._failure, policy)
         choices = sorted(answer.choices or [], key=lambda c: c.index or 0)
         text = choices[0].message.content if choices else None
         usage = answer.usage
@@ -241,7 +233,7 @@ class InferenceEndpointsLLM(OneRequestPerGeneration, AsyncLLM):
 
         httpx2 = _http_module()
 
-        from synthpipe.models.openai_client import RequestFailed, parse_retry_after
+        from synthpipe.models.http import RequestFailed, parse_retry_after
 
         secret = self.api_key.get_secret_value() if self.api_key is not None else None
         url = self._url or self.model_id

@@ -146,7 +146,7 @@ class LiteLLM(RemoteLLM):
     def _failure(self, exc: BaseException) -> Optional[BaseException]:
         """A plain, picklable error for a request that failed for good (no request, no headers),
         or None for an error that is not LiteLLM's (raised as it is)."""
-        from synthpipe.models.openai_client import RequestFailed
+        from synthpipe.models.http import RequestFailed
 
         litellm = self._litellm
         if not (type(exc).__module__ or "").startswith(("litellm", "openai", "httpx", "aiohttp")):

@@ -26,7 +26,7 @@ def snapshot(client: Any, model: Any) -> dict[str, Any]:
 
 def seen(client: Any, model: Any) -> None:
     """The client's counters changed: send them if it is time, else soon."""
-    from synthpipe.runtime.worker import publish
+    from synthpipe.worker_context import publish
 
     now = time.monotonic()
     key = id(client)

@@ -158,10 +158,10 @@ class Pipeline:
         out back in its place in the result; nothing else is computed again.
         """
         _refuse_inside_a_worker()
-        from synthpipe.runtime.signals import stops_deferred
+        from synthpipe.run.stops import stops_deferred
 
         with stops_deferred():  # a Ctrl+C from here on stops the run, wherever it comes
-            from synthpipe.runner import run_pipeline
+            from synthpipe.run import run_pipeline
 
             return run_pipeline(
                 self, parameters=parameters, dataset=dataset, use_cache=use_cache, retry_failed=retry_failed,
@@ -175,7 +175,7 @@ class Pipeline:
         dataset: Any = None,
     ) -> Distiset:
         """Run one batch of ``batch_size`` rows through the whole pipeline, to try it out."""
-        from synthpipe.runner import run_pipeline
+        from synthpipe.run import run_pipeline
 
         return run_pipeline(
             self,
@@ -190,7 +190,7 @@ class Pipeline:
         for) and project tokens, cost and time for the whole input (``rows``, else what the
         generators hold). Returns an ``Estimate``; ``print()`` it to see the assumptions."""
         _refuse_inside_a_worker()
-        from synthpipe.estimate import estimate_pipeline
+        from synthpipe.run.estimate import estimate_pipeline
 
         return estimate_pipeline(self, sample, rows, parameters, dataset)
 

@@ -92,7 +92,7 @@ def build_plan(
 
 
 def _add_dataset_generator(dag: DAG, dataset: Any, problems: list[str]) -> None:
-    from synthpipe.steps.generators.data import LoadDataFromDicts
+    from synthpipe.pipeline.loader import LoadDataFromDicts
 
     try:
         rows = dataset_rows(dataset)

@@ -8,19 +8,15 @@ is the nearest deadline (a retry due, a batch timing out) or the progress displa
 
 from __future__ import annotations
 
-import heapq
 import logging
 import multiprocessing as mp
 import os
-import pickle
 import queue
-import random
 import signal
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -40,31 +36,17 @@ from synthpipe.errors import (
 )
 from synthpipe.runtime import main_import, shipping
 from synthpipe.runtime import messages as m
-from synthpipe.runtime.scheduler import (
-    REPLAY,
-    Action,
-    Batch,
-    Dispatch,
-    Emit,
-    Fail,
-    Finished,
-    Generate,
-    Persist,
-    Replay,
-    RestartWorker,
-    RetryLater,
-    RowsFailed,
-    Scheduler,
-)
+from synthpipe.runtime.contract import Batch, Emit, ExecutorHooks, ExecutorStep  # noqa: F401 (ExecutorHooks: public here too)
+from synthpipe.runtime.driver import Driver
 from synthpipe.runtime.signals import StopSignals, start_fork_server
 from synthpipe.runtime.worker import MAIN_MODULE, worker_main
 
 logger = logging.getLogger("synthpipe.runtime")
 
 START_METHODS = ("spawn", "forkserver")
-FORKSERVER_PRELOAD = ["synthpipe.runtime.worker", "synthpipe.steps.tasks", "synthpipe.models.openai_client",
-                      "aiohttp", "cloudpickle"]
-"""Imported once by the fork server, so a worker forked from it starts in milliseconds."""
+FORKSERVER_PRELOAD = ["synthpipe.runtime.worker", "cloudpickle"]
+"""Imported once by the fork server, so a worker forked from it starts in milliseconds; the
+runner adds the upper layers' modules its workers will need (``preload``): the runtime names none."""
 DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "spawn"
 """A fork server is started (with SIGINT blocked, like every worker) on first use and kept for
 the life of the process: later workers, and later runs, fork from it instead of starting a
@@ -122,7 +104,7 @@ class _Worker:
             return self.started + step.load_timeout if step.load_timeout else None
         if not step.timeout:
             return None
-        if getattr(step, "is_async", False):  # its batches all run at once: each from when it was sent
+        if step.is_async:  # its batches all run at once: each from when it was sent
             return min(self.sent_at.values()) + step.timeout if self.sent_at else None
         if self.busy_since is not None:  # one batch at a time: each from when the one before ended
             return self.busy_since + step.timeout
@@ -130,33 +112,10 @@ class _Worker:
 
     def overdue_ticket(self, step: Any) -> int | None:
         """The job that overran (the oldest)."""
-        if getattr(step, "is_async", False) and self.sent_at:
+        if step.is_async and self.sent_at:
             return min(self.sent_at, key=self.sent_at.__getitem__)
         return self.outstanding[0] if self.outstanding else None
 
-
-@dataclass
-class ExecutorHooks:
-    """What the executor hands back to the layers above it."""
-
-    on_emit: Callable[[str, int, list[dict[str, Any]], list[int]], None]
-    on_rows_failed: Callable[[Batch, ErrorRecord], None]
-    on_persist: Callable[[Persist, bytes | None], None] = lambda action, data: None
-    """``data``: the bytes the worker sent to be stored, or None for rows the coordinator put
-    together itself (the parts of a batch split to isolate a crash)."""
-    on_flush: Callable[[], None] = lambda: None
-    """Make the batches handed to ``on_persist`` so far durable (against a killed process).
-    Called before anything that follows from them leaves the coordinator: work for the next
-    steps, rows for the result."""
-    on_replay: Callable[[str, int], tuple[list[dict[str, Any]], bool]] = lambda step, seq: ([], False)
-    on_tick: Callable[[], None] = lambda: None
-    on_record: Callable[[str, Any], None] = lambda kind, payload: None
-    on_sent: Callable[[str, int, int], None] = lambda step, replica, seq: None
-    """A batch (or a generator's batch number) was handed to ``replica`` of ``step``: for the
-    run's timeline."""
-    on_log: Callable[[int, str, str], None] = field(
-        default=lambda level, name, text: logging.getLogger(name).log(level, text)
-    )
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -179,13 +138,14 @@ def _describe_job(batch: Batch | None, gen_seq: int | None) -> tuple[str, dict[s
     return "", {}
 
 
-class LocalExecutor:
-    """Runs a plan's steps in local worker processes, driven by a ``Scheduler``."""
+class LocalExecutor(Driver):
+    """Runs a plan's steps in local worker processes, driven by a ``Scheduler``: the driver over a
+    transport of processes and pipes (``_start_worker``, ``_send``, ``_job_finished``)."""
 
     def __init__(
         self,
         steps: dict[str, Any],
-        scheduler: Scheduler,
+        scheduler: Any,  # a synthpipe.runtime.scheduler.Scheduler
         hooks: ExecutorHooks,
         *,
         signals: StopSignals | None = None,
@@ -195,11 +155,13 @@ class LocalExecutor:
         stop_grace_seconds: float = 10.0,
         fail_grace_seconds: float = 2.0,
         worker_context: dict[str, Any] | None = None,
+        preload: tuple[str, ...] = (),
     ) -> None:
-        """``worker_context``: what workers may know of the run (``synthpipe.runtime.worker.context``)."""
+        """``worker_context``: what workers may know of the run (``synthpipe.worker_context.context``);
+        ``preload``: modules the fork server imports once, for its workers."""
+        super().__init__(scheduler, hooks)
         self.steps = steps
-        self.scheduler = scheduler
-        self.hooks = hooks
+        self.records = {name: ExecutorStep.of(name, step) for name, step in steps.items()}
         self.signals = signals
         self.log_level = log_level
         self.start_method = start_method or os.environ.get("SYNTHPIPE_START_METHOD", DEFAULT_START_METHOD)
@@ -209,15 +171,10 @@ class LocalExecutor:
         self.stop_grace_seconds = stop_grace_seconds
         self.fail_grace_seconds = fail_grace_seconds
         self.worker_context = dict(worker_context or {})
+        self.preload = [*FORKSERVER_PRELOAD, *(p for p in preload if p not in FORKSERVER_PRELOAD)]
         self.workers: dict[tuple[str, int], _Worker] = {}
         self._payloads: dict[str, bytes] = {}
-        self._timers: list[tuple[float, int, str, int]] = []  # (due, tiebreak, step, token)
-        self._timer_ids = 0
         self._stop_deadline: float | None = None
-        self._jitter = random.Random()
-        self._received: dict[int, bytes] = {}  # ticket -> output bytes, until persisted
-        self._held: list[Action] = []  # what follows from this round's batches, until they are stored
-        self._unflushed = False  # batches handed to on_persist since the last on_flush
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -268,8 +225,8 @@ class LocalExecutor:
             ) from None
 
     def _start_workers(self) -> None:
-        for name, step in self.steps.items():
-            for replica in range(step.resources.replicas):
+        for name, record in self.records.items():
+            for replica in range(record.replicas):
                 self._start_worker(name, replica)
 
     def _start_worker(self, name: str, replica: int) -> None:
@@ -278,7 +235,7 @@ class LocalExecutor:
         unblocking it. The coordinator alone decides what a Ctrl+C means."""
         ctx = mp.get_context(self.start_method)
         if self.start_method == "forkserver":  # taken when the fork server starts (once per process)
-            ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+            ctx.set_forkserver_preload(self.preload)
             start_fork_server()
         # Under forkserver the workers' parent is the fork server, not this process.
         parent_pid = os.getpid() if self.start_method == "spawn" else 0
@@ -366,33 +323,24 @@ class LocalExecutor:
     def _wait_timeout(self) -> float:
         now = time.monotonic()
         deadlines = [self._stop_deadline] if self._stop_deadline is not None else []
-        if self._timers:
-            deadlines.append(self._timers[0][0])
+        if self.next_timer() is not None:
+            deadlines.append(self.next_timer())
         for worker in self.workers.values():
-            deadline = worker.deadline(self.steps[worker.step])
+            deadline = worker.deadline(self.records[worker.step])
             if deadline is not None:
                 deadlines.append(deadline)
         nearest = min(deadlines, default=now + self.tick_seconds)
         return max(0.0, min(self.tick_seconds, nearest - now))
-
-    def _fire_due_timers(self) -> bool | None:
-        now = time.monotonic()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, step, token = heapq.heappop(self._timers)
-            outcome = self._apply(self.scheduler.retry_due(step, token))
-            if outcome is not None:
-                return outcome
-        return None
 
     def _kill_overdue_workers(self) -> None:
         """Kill a worker whose batch overran its step's timeout; its death is then handled
         like a crash, with a StepTimeout diagnosis."""
         now = time.monotonic()
         for worker in self.workers.values():
-            deadline = worker.deadline(self.steps[worker.step])
+            deadline = worker.deadline(self.records[worker.step])
             if deadline is not None and now >= deadline:
                 worker.timed_out = True
-                worker.timed_out_ticket = worker.overdue_ticket(self.steps[worker.step])
+                worker.timed_out_ticket = worker.overdue_ticket(self.records[worker.step])
                 worker.process.kill()
 
     def _drain(self, worker: _Worker, limit: int | None) -> bool | None:
@@ -419,7 +367,7 @@ class LocalExecutor:
         who = f"step '{worker.step}' replica {worker.replica}"
         if not worker.ready:
             if worker.timed_out:
-                limit = self.steps[worker.step].load_timeout
+                limit = self.records[worker.step].load_timeout
                 died: SynthpipeError = StepTimeout(
                     f"{who}: load() ran longer than the step's load_timeout of {limit:g}s; the worker was killed")
             elif worker.process.exitcode == RUN_IN_WORKER_EXIT_CODE:
@@ -431,7 +379,7 @@ class LocalExecutor:
         batch, gen_seq = self.scheduler.job_on(worker.step, worker.replica)
         doing, where = _describe_job(batch, gen_seq)
         if worker.timed_out:
-            timeout = self.steps[worker.step].timeout
+            timeout = self.records[worker.step].timeout
             error: SynthpipeError = StepTimeout(
                 f"{who}: {doing or 'its batch'} ran longer than the step's timeout of {timeout:g}s; "
                 "the worker was killed")
@@ -445,107 +393,11 @@ class LocalExecutor:
         blame = not worker.timed_out or worker.timed_out_ticket in worker.outstanding
         return self._apply(self.scheduler.worker_died(worker.step, worker.replica, record, blame=blame))
 
-    def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> bool | None:
-        kind = message[0]
-        sched = self.scheduler
-        if kind == m.LOG:
-            self.hooks.on_log(message[1], message[2], message[3])
-            return None
-        if kind == m.RECORD:
-            self.hooks.on_record(message[1], message[2])
-            return None
-        if kind == m.READY:
-            worker.ready = True
-            return self._apply(sched.worker_ready(worker.step, worker.replica), hold=True)
-        if kind == m.LOAD_FAILED:
-            return self._apply(sched.load_failed(worker.step, worker.replica, message[1]), hold=True)
-        ticket = message[1]
-        self._job_finished(worker, ticket)
-        if kind == m.DONE:
-            data, last, failed, sources, stored = message[2:7]
-            self._received[ticket] = stored or data
-            try:
-                actions = sched.batch_done(worker.step, worker.replica, ticket, pickle.loads(data), last,
-                                           failed=failed, sources=sources)
-                return self._apply(actions, hold=True)
-            finally:
-                self._received.pop(ticket, None)
-        if kind == m.FAILED:
-            return self._apply(sched.batch_failed(worker.step, worker.replica, ticket, message[2]), hold=True)
-        raise RuntimeError(f"unknown message from worker {worker.step}/{worker.replica}: {kind!r}")
-
     def _job_finished(self, worker: _Worker, ticket: int) -> None:
         if ticket in worker.outstanding:
             worker.outstanding.remove(ticket)
         worker.sent_at.pop(ticket, None)
         worker.busy_since = time.monotonic() if worker.outstanding else None
-
-    def _apply(self, actions: list[Action], hold: bool = False) -> bool | None:
-        """Carry out the scheduler's actions, and those that follow from them (a replay answers
-        at once); True when finished, False when failed.
-
-        A batch is stored before anything that follows from it leaves the coordinator. With
-        ``hold`` (the messages of one round), those actions wait in ``_held`` so that all the
-        round's batches are stored in one go; otherwise the store is flushed before each."""
-        todo = deque(actions)
-        while todo:
-            action = todo.popleft()
-            if isinstance(action, (Dispatch, Generate, Emit)):
-                if hold:
-                    self._held.append(action)
-                    continue
-                self._flush_stored()
-            if isinstance(action, Replay):
-                try:
-                    rows, last = self.hooks.on_replay(action.step, action.seq)
-                except Exception as exc:
-                    logger.warning("synthpipe: stored batch %d of step '%s' cannot be read (%s); computing it again",
-                                   action.seq, action.step, exc)
-                    todo.extend(self.scheduler.replay_missing(action.step, action.ticket))
-                else:
-                    todo.extend(self.scheduler.batch_done(action.step, REPLAY, action.ticket, rows, last))
-            elif isinstance(action, Persist):
-                data = self._received.get(action.ticket) if action.ticket is not None else None
-                self.hooks.on_persist(action, data)
-                self._unflushed = True
-            elif isinstance(action, Dispatch):
-                b = action.batch
-                message = (m.BATCH, action.ticket, b.seq, b.row_start, b.inputs)
-                self._send(b.step, action.replica, action.ticket, message)
-                self.hooks.on_sent(b.step, action.replica, b.seq)
-            elif isinstance(action, Generate):
-                message = (m.GENERATE, action.ticket, action.seq, action.offset)
-                self._send(action.step, action.replica, action.ticket, message)
-                self.hooks.on_sent(action.step, action.replica, action.seq)
-            elif isinstance(action, Emit):
-                self.hooks.on_emit(action.step, action.seq, action.rows, action.keys)
-            elif isinstance(action, RowsFailed):
-                self.hooks.on_rows_failed(action.batch, action.error)
-            elif isinstance(action, RetryLater):
-                delay = action.delay * (1 + 0.25 * self._jitter.random())
-                logger.warning("%s failed (attempt %d of %d): %s; retrying in %.1fs", action.error.location(),
-                               action.attempt, action.attempts, action.error.headline(), delay)
-                self._timer_ids += 1
-                heapq.heappush(self._timers, (time.monotonic() + delay, self._timer_ids, action.step, action.token))
-            elif isinstance(action, RestartWorker):
-                logger.warning("%s; restarting it", action.error.message)
-                self._start_worker(action.step, action.replica)
-            elif isinstance(action, Fail):
-                return False
-            elif isinstance(action, Finished):
-                return True
-        return None
-
-    def _flush_stored(self) -> None:
-        if self._unflushed:
-            self._unflushed = False
-            self.hooks.on_flush()
-
-    def _release_held(self) -> None:
-        """Store the round's batches, then send on what follows from them, in the order chosen."""
-        self._flush_stored()
-        held, self._held = self._held, []
-        self._apply(held)
 
     def _send(self, step: str, replica: int, ticket: int, message: tuple[Any, ...]) -> None:
         worker = self.workers[(step, replica)]

@@ -9,7 +9,6 @@ coordinator decides when to stop) and dies with its parent.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import ctypes
 import logging
 import os
@@ -27,37 +26,24 @@ from synthpipe.errors import ErrorRecord, UnpicklableOutput, trim_internal_frame
 from synthpipe.runtime import messages as m
 from synthpipe.runtime.main_import import import_main
 from synthpipe.store.batch_format import ColumnarBudget
+from synthpipe.worker_context import (  # noqa: F401 (public here too)  # noqa: F401 (public here too)
+    _CONTEXT,
+    _PUBLISHER,
+    _ROW_START,
+    STORE_BATCHES,
+    context,
+    current_row_start,
+    publish,
+)
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(synthpipe.__file__)) + os.sep
 _PR_SET_PDEATHSIG = 1
 
 
-_CONTEXT: dict[str, Any] = {}
 MAIN_MODULE = "main_module"
 """Set in the run context: the user's main script, for the worker to import (``main_import``)."""
-STORE_BATCHES = "store_batches"
-"""Set in the run context when the coordinator stores every finished batch."""
 _CHANNEL: list[_Channel] = []
 _COLUMNAR = ColumnarBudget()
-_ROW_START: contextvars.ContextVar[int | None] = contextvars.ContextVar("synthpipe_row_start", default=None)
-
-
-def current_row_start() -> int | None:
-    """In an async step's ``aprocess``: the number, in the step's input stream, of the batch's
-    first row (stable across resumed runs); None elsewhere."""
-    return _ROW_START.get()
-
-
-def context() -> dict[str, Any]:
-    """What the coordinator told this worker about the run (where the response cache is,
-    whether it may be read); empty outside a worker."""
-    return dict(_CONTEXT)
-
-
-def publish(kind: str, payload: Any) -> None:
-    """Hand the coordinator something to keep (the only writer of the run's store)."""
-    if _CHANNEL:
-        _CHANNEL[0].send(m.encode((m.RECORD, kind, payload)))
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -164,6 +150,7 @@ def worker_main(
     _die_with_parent(parent_pid)
     channel = _Channel(conn)
     _CHANNEL[:] = [channel]
+    _PUBLISHER[:] = [lambda kind, payload: channel.send(m.encode((m.RECORD, kind, payload)))]
     _CONTEXT.update(run_context or {})
     handler = _ForwardingHandler(channel)
     handler.setFormatter(logging.Formatter("%(message)s"))

@@ -16,8 +16,8 @@ from pydantic import Field
 from synthpipe.errors import SynthpipeError
 from synthpipe.models.base import LLM, ChatType, GenerateOutput, InvalidStructuredOutput, StructuredOutput
 from synthpipe.models.cache import cache_for, generate_cached
-from synthpipe.runtime.worker import current_row_start
 from synthpipe.steps.base import OnError, RowFailure, Step, StepInput, StepResult, column_spec
+from synthpipe.worker_context import current_row_start
 
 METADATA_COLUMN = "synthpipe_metadata"
 ROWS_PER_REQUEST_SLOT = 32

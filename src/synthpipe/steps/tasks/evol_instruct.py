@@ -16,9 +16,9 @@ from pydantic import Field
 
 from synthpipe.models.base import ChatType, GenerateOutput
 from synthpipe.models.cache import generate_cached
-from synthpipe.runtime.worker import current_row_start
 from synthpipe.steps.base import RowFailure, StepInput, StepResult
 from synthpipe.steps.tasks.base import METADATA_COLUMN, IncompleteAnswer, Task
+from synthpipe.worker_context import current_row_start
 
 _REWRITE = ("I want you to act as a prompt rewriter. Rewrite the prompt below into a harder version that a "
             "capable AI model still understands and a human could answer. Keep any table, code or input "

@@ -12,10 +12,10 @@ from pydantic import PrivateAttr, field_validator, model_validator
 
 from synthpipe.models.base import ChatType, GenerateOutput, StructuredOutput
 from synthpipe.models.cache import generate_cached
-from synthpipe.runtime.worker import current_row_start
 from synthpipe.steps.base import RowFailure, StepInput, StepResult
 from synthpipe.steps.tasks.base import Task
 from synthpipe.steps.tasks.templates import check_template, render_template
+from synthpipe.worker_context import current_row_start
 
 
 class TextGenerationWithImage(Task):

@@ -23,9 +23,9 @@ from pydantic import BaseModel, Field, model_validator
 
 from synthpipe.models.base import LLM, GenerateOutput
 from synthpipe.models.cache import cache_for, generate_cached, request_key
-from synthpipe.runtime.worker import current_row_start
 from synthpipe.steps.base import GeneratorStep, GeneratorStepOutput, RowFailure, StepInput, StepResult
 from synthpipe.steps.tasks.base import METADATA_COLUMN, IncompleteAnswer, Task, UnparsableAnswer
+from synthpipe.worker_context import current_row_start
 
 SystemPrompts = Union[str, list[str], dict[str, str], dict[str, tuple[str, float]], None]
 _TURN_ENDS = ("<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "</s>", "<|endoftext|>")

@@ -23,11 +23,11 @@ from pydantic import Field, PositiveInt, field_validator
 
 from synthpipe.models.base import ChatType, GenerateOutput
 from synthpipe.models.cache import generate_cached
-from synthpipe.runtime.worker import current_row_start
 from synthpipe.steps.base import RowFailure, Step, StepInput, StepOutput, StepResult
 from synthpipe.steps.tasks.base import METADATA_COLUMN, IncompleteAnswer, Task, UnparsableAnswer
 from synthpipe.steps.tasks.json_answers import loads_answer
 from synthpipe.steps.tasks.templates import render_template
+from synthpipe.worker_context import current_row_start
 
 SYSTEM_PROMPT = (
     "You teach mathematics by solving word problems one small step at a time. Each step follows from "
