@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,20 +13,66 @@ from synthpipe import _compat
 FAILED_ROWS_FILE = "failed_rows.jsonl"
 
 
-def _dataset_from_parquet(files: list[Path]) -> Any:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+RESULT_FOLDER = "result"
+"""Under the run directory: one Arrow stream file per leaf, which the result maps from disk."""
+
+
+def _dataset_from_parquet(files: list[Path], target: Path) -> Any:
+    """The leaf's rows as a dataset memory-mapped from one Arrow file at ``target``: built by
+    streaming the Parquet chunks one record batch at a time, so neither building nor holding
+    the result costs memory that grows with its rows. An up-to-date file is reused as is."""
     from datasets import Dataset
 
     if not files:
         return Dataset.from_dict({})
+    if not _is_current(target, files):
+        _write_arrow(files, target)
+    return Dataset.from_file(str(target), in_memory=False)
+
+
+def _stamp(files: list[Path]) -> str:
+    return json.dumps([[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files])
+
+
+def _is_current(target: Path, files: list[Path]) -> bool:
+    stamp = target.with_suffix(".sources.json")
+    try:
+        return target.exists() and stamp.read_text() == _stamp(files)
+    except OSError:
+        return False
+
+
+def _write_arrow(files: list[Path], target: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from synthpipe.store.leaf_writer import KEY_COLUMN
 
-    tables = [pq.read_table(f) for f in files]
-    table = pa.concat_tables(tables, promote_options="permissive")
-    if KEY_COLUMN in table.column_names:
-        table = table.drop_columns([KEY_COLUMN])
-    return Dataset(table)
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+    if KEY_COLUMN in schema.names:
+        schema = schema.remove(schema.get_field_index(KEY_COLUMN))
+    schema = schema.remove_metadata()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # two processes may build it at once
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for f in files:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=65_536):
+                writer.write_batch(_conform(batch, schema))
+    os.replace(tmp, target)
+    target.with_suffix(".sources.json").write_text(_stamp(files))
+
+
+def _conform(batch: Any, schema: Any) -> Any:
+    """``batch`` with the leaf's columns, in order and of the leaf's types (a column a chunk
+    lacks is all nulls there, as ``concat_tables`` would have made it)."""
+    import pyarrow as pa
+
+    columns = []
+    for field in schema:
+        index = batch.schema.get_field_index(field.name)
+        column = batch.column(index) if index >= 0 else pa.nulls(batch.num_rows, field.type)
+        columns.append(column if column.type == field.type else column.cast(field.type))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
 class Distiset(dict):
@@ -47,8 +95,10 @@ class Distiset(dict):
 
         single = len(leaf_files) == 1
         result = cls(failed_rows=failed_rows, run_dir=run_dir)
+        folder = (run_dir if run_dir is not None else Path(tempfile.mkdtemp(prefix="synthpipe-"))) / RESULT_FOLDER
         for leaf, files in leaf_files.items():
-            result["default" if single else leaf] = DatasetDict({"train": _dataset_from_parquet(files)})
+            dataset = _dataset_from_parquet(files, folder / f"{leaf}.arrow")
+            result["default" if single else leaf] = DatasetDict({"train": dataset})
         return result
 
     @property
