@@ -34,6 +34,8 @@ the same cache dir (100k rows, batch 1000), against its first run.
     .venv/bin/python bench/engine.py            # full: 10k and 100k rows, batch 50 and 1000
     .venv/bin/python bench/engine.py --quick    # 10k rows only, one repeat
     .venv/bin/python bench/engine.py --profile  # also cProfile the coordinator on one config, cache on and off
+    .venv/bin/python bench/engine.py --scale --rows 100000 1000000 10000000  # bench/scale.py: memory, fixed cost,
+                                                # the plain-pipes floor; --src OTHER/src for a before/after
 
 Results go to stdout (a table) and to ``bench/results/engine.json``.
 """
@@ -489,8 +491,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also cProfile the coordinator on one run, cache on and off (largest rows, "
                              "smallest batch)")
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "engine.json")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default bench/results/engine.json (scale.json with --scale)")
+    parser.add_argument("--scale", action="store_true",
+                        help="bench/scale.py: a lazy generator, up to 10,000,000 --rows (default 100000 1000000), "
+                             "beside the plain-pipes floor; rows/s, fixed cost, tree PSS during run and result")
+    parser.add_argument("--src", type=Path, nargs="*", default=[],
+                        help="with --scale: other source trees (src/ folders) measured the same way, interleaved")
     args = parser.parse_args(argv)
+    if args.scale:
+        import scale
+
+        sources = {"this": Path(__file__).resolve().parent.parent / "src"}
+        sources.update({f"src{i}": p.resolve() for i, p in enumerate(args.src)})
+        return scale.main(args.rows or [100_000, 1_000_000], 1000 if args.batch_sizes == [50, 1000]
+                          else args.batch_sizes[0], sources, args.output or RESULTS_DIR / "scale.json")
+    args.output = args.output or RESULTS_DIR / "engine.json"
 
     os.environ["SYNTHPIPE_PROGRESS"] = "0"
     os.environ.setdefault("SYNTHPIPE_LOG_LEVEL", "WARNING")  # the run's INFO lines still go to its log file

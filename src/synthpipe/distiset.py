@@ -4,13 +4,37 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 from synthpipe import _compat
 
 FAILED_ROWS_FILE = "failed_rows.jsonl"
+
+
+def warm_up() -> None:
+    """Import what building the result needs (``datasets``: over a second on a busy machine)
+    in a thread of its own, while the run starts its workers, rather than after the last
+    step, when the user is waiting for the result. Idempotent; a failure here is no failure
+    (building the result imports it again and says what is wrong)."""
+    global _WARMING
+    if _WARMING is None and "datasets" not in sys.modules:
+        _WARMING = threading.Thread(target=_import_result_libraries, name="synthpipe-result-import", daemon=True)
+        _WARMING.start()
+
+
+_WARMING: threading.Thread | None = None
+
+
+def _import_result_libraries() -> None:
+    try:
+        import datasets  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+    except Exception:  # noqa: BLE001  (said when the result is built, where it matters)
+        pass
 
 
 RESULT_FOLDER = "result"

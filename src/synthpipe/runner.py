@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthpipe.distiset import Distiset
+from synthpipe.distiset import Distiset, warm_up
 from synthpipe.errors import ColumnTypeClash, ErrorRecord, RunInterrupted
 from synthpipe.models.cache import RESPONSE
 from synthpipe.pipeline.plan import Plan, build_plan
@@ -211,6 +211,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
         return store.read_batch(batch), batch.last
 
     def tick() -> None:
+        warm_up()  # the result's imports, once the workers have started: not after the last step
         progress.tick()
         if durable and time.monotonic() - synced[0] > SYNC_EVERY_SECONDS:
             ledger.sync()
