@@ -207,13 +207,15 @@ with open(out, "w") as fh:
 """
 
 
-def measure(kind: str, rows: int, batch: int, src: Path) -> dict[str, Any]:
-    """One run of ``kind`` ('engine' or 'floor') in a fresh process on the code in ``src``."""
+def measure(kind: str, rows: int, batch: int, src: Path, extra: list[str] | None = None) -> dict[str, Any]:
+    """One run of ``kind`` ('engine', 'floor', or 'llm': ``bench/llm_cache.py``) in a fresh
+    process on the code in ``src``."""
     with tempfile.TemporaryDirectory(prefix="synthpipe-marks-") as marks_dir:
         marks = Path(marks_dir)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(BENCH)])}
-        child = subprocess.Popen([sys.executable, str(BENCH / "scale.py"), "--child", kind, str(rows), str(batch),
-                                  str(marks)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        command = [sys.executable, str(BENCH / "scale.py"), "--child", kind, str(rows), str(batch), str(marks),
+                   *(extra or [])]
+        child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         sampler = subprocess.Popen([sys.executable, "-c", SAMPLER, str(child.pid), str(marks / "pss"),
                                     str(SAMPLE_SECONDS)])
         out, err = child.communicate(timeout=3600)
@@ -224,7 +226,7 @@ def measure(kind: str, rows: int, batch: int, src: Path) -> dict[str, Any]:
         samples = [tuple(map(float, line.split())) for line in (marks / "pss").read_text().splitlines() if line]
         result: dict[str, Any] = {"kind": kind, "rows": rows, "batch": batch, "wall_s": times["end"] - times["start"]}
         result["rows_per_s"] = rows / result["wall_s"]
-        if kind == "engine":
+        if kind != "floor":
             first = float((marks / "first").read_text())
             last = float((marks / "last").read_text())
             result["to_first_step_s"] = first - times["start"]
@@ -286,6 +288,11 @@ if __name__ == "__main__":
         kind, n, size, where = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])
         import scale  # the steps by their module's name, as the workers import them
 
-        print(json.dumps((scale.engine_child if kind == "engine" else scale.floor_child)(n, size, where)))
+        if kind == "llm":
+            import llm_cache
+
+            print(json.dumps(llm_cache.cached_run(sys.argv[6], sys.argv[7], where)))
+        else:
+            print(json.dumps((scale.engine_child if kind == "engine" else scale.floor_child)(n, size, where)))
         sys.exit(0)
     raise SystemExit("run it as: bench/engine.py --scale --rows N [N ...]")

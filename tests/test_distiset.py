@@ -92,3 +92,24 @@ def test_chunks_of_different_columns_and_types_are_put_together_as_concat_tables
     assert dataset.to_list() == expected.to_pylist()
     assert dataset.column_names == ["a", "b", "c"]
     assert _dataset_from_parquet([], tmp_path / "result" / "none.arrow").num_rows == 0
+
+
+def test_the_arrow_file_the_leaf_writer_streams_is_the_result_unless_a_column_widened(tmp_path):
+    from synthpipe.store.leaf_writer import LeafWriter
+    from synthpipe.store.result_stream import is_current
+
+    writer = LeafWriter(tmp_path / "data", ["same", "widened"], chunk_rows=2)
+    for i in range(5):
+        writer.write("same", [{"n": i, "text": f"t{i}"}], [i])
+        writer.write("widened", [{"n": i, "text": None if i < 2 else f"t{i}"}], [i])
+    writer.close()
+    writer.close()  # a second close (the runner's, whatever ended the run) changes nothing
+    same, widened = tmp_path / RESULT_FOLDER / "same.arrow", tmp_path / RESULT_FOLDER / "widened.arrow"
+    assert is_current(same, writer.files("same")) and not widened.exists()
+    written = same.stat().st_mtime_ns
+    result = Distiset.from_leaf_files({leaf: writer.files(leaf) for leaf in ("same", "widened")}, [],
+                                      run_dir=tmp_path)
+    assert same.stat().st_mtime_ns == written  # mapped as streamed, not made again
+    assert result["same"]["train"].to_list() == [{"n": i, "text": f"t{i}"} for i in range(5)]
+    assert result["widened"]["train"].to_list() == [{"n": i, "text": None if i < 2 else f"t{i}"} for i in range(5)]
+    assert is_current(widened, writer.files("widened"))  # made from the chunks when asked for

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from synthpipe import _compat
+from synthpipe.store.result_stream import RESULT_FOLDER, is_current, write_from_parquet
 
 FAILED_ROWS_FILE = "failed_rows.jsonl"
 
@@ -37,66 +37,18 @@ def _import_result_libraries() -> None:
         pass
 
 
-RESULT_FOLDER = "result"
-"""Under the run directory: one Arrow stream file per leaf, which the result maps from disk."""
-
-
 def _dataset_from_parquet(files: list[Path], target: Path) -> Any:
-    """The leaf's rows as a dataset memory-mapped from one Arrow file at ``target``: built by
-    streaming the Parquet chunks one record batch at a time, so neither building nor holding
-    the result costs memory that grows with its rows. An up-to-date file is reused as is."""
+    """The leaf's rows as a dataset memory-mapped from one Arrow file at ``target``: the one
+    the leaf writer streamed during the run where it holds exactly these chunks, else made
+    from them a record batch at a time, so neither building nor holding the result costs
+    memory that grows with its rows."""
     from datasets import Dataset
 
     if not files:
         return Dataset.from_dict({})
-    if not _is_current(target, files):
-        _write_arrow(files, target)
+    if not is_current(target, files):
+        write_from_parquet(files, target)
     return Dataset.from_file(str(target), in_memory=False)
-
-
-def _stamp(files: list[Path]) -> str:
-    return json.dumps([[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files])
-
-
-def _is_current(target: Path, files: list[Path]) -> bool:
-    stamp = target.with_suffix(".sources.json")
-    try:
-        return target.exists() and stamp.read_text() == _stamp(files)
-    except OSError:
-        return False
-
-
-def _write_arrow(files: list[Path], target: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from synthpipe.store.leaf_writer import KEY_COLUMN
-
-    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
-    if KEY_COLUMN in schema.names:
-        schema = schema.remove(schema.get_field_index(KEY_COLUMN))
-    schema = schema.remove_metadata()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # two processes may build it at once
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        for f in files:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=65_536):
-                writer.write_batch(_conform(batch, schema))
-    os.replace(tmp, target)
-    target.with_suffix(".sources.json").write_text(_stamp(files))
-
-
-def _conform(batch: Any, schema: Any) -> Any:
-    """``batch`` with the leaf's columns, in order and of the leaf's types (a column a chunk
-    lacks is all nulls there, as ``concat_tables`` would have made it)."""
-    import pyarrow as pa
-
-    columns = []
-    for field in schema:
-        index = batch.schema.get_field_index(field.name)
-        column = batch.column(index) if index >= 0 else pa.nulls(batch.num_rows, field.type)
-        columns.append(column if column.type == field.type else column.cast(field.type))
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
 class Distiset(dict):
