@@ -7,8 +7,11 @@ each stage appending every batch it emits to a file (pickled, flushed), in the s
 
 Reported per size: rows/s of both (whole runs), time from ``run()`` to the generator's first
 batch, time from the last step's last batch to the result in hand, and the peak PSS of the
-process tree (sampled every 20 ms by a process of its own) during the run and during the
-result build, apart. ``--src`` runs the same measurement against another source tree too
+process tree (sampled every 20 ms by a process of its own) during the run, during the
+result build and during a ``save_to_disk`` of the result, apart; in brackets its anonymous
+part (PSS also counts the pages of a memory-mapped file that were read, which the kernel
+can drop at will: the anonymous part is what the processes hold). ``--src`` runs the same
+measurement against another source tree too
 (a "before"), interleaved, so before and after come from the same machine and minutes.
 """
 
@@ -190,20 +193,24 @@ def tree(pid):
         pass
     return found
 def pss(pid):
+    found = [0, 0]
     try:
         with open(f"/proc/{pid}/smaps_rollup") as fh:
             for line in fh:
                 if line.startswith("Pss:"):
-                    return int(line.split()[1])
+                    found[0] = int(line.split()[1])
+                elif line.startswith("Pss_Anon:"):
+                    found[1] = int(line.split()[1])
     except OSError:
-        return 0
-    return 0
+        pass
+    return found
 with open(out, "w") as fh:
     while True:
         pids = tree(root)
         if not os.path.exists(f"/proc/{root}") or open(f"/proc/{root}/stat").read().split()[2] == "Z":
             break
-        fh.write(f"{time.time()} {sum(pss(p) for p in pids)}\n")
+        sizes = [pss(p) for p in pids]
+        fh.write(f"{time.time()} {sum(s[0] for s in sizes)} {sum(s[1] for s in sizes)}\n")
         fh.flush()
         time.sleep(every)
 """
@@ -225,7 +232,9 @@ def measure(kind: str, rows: int, batch: int, src: Path, extra: list[str] | None
         if child.returncode:
             raise RuntimeError(f"{kind} run of {rows} rows failed:\n{err[-3000:]}")
         times = json.loads(out.strip().splitlines()[-1])
-        samples = [tuple(map(float, line.split())) for line in (marks / "pss").read_text().splitlines() if line]
+        lines = [line.split() for line in (marks / "pss").read_text().splitlines() if line]
+        samples = [(float(t), float(p)) for t, p, _ in lines]
+        anon = [(float(t), float(a)) for t, _, a in lines]
         result: dict[str, Any] = {"kind": kind, "rows": rows, "batch": batch, "wall_s": times["end"] - times["start"]}
         result["rows_per_s"] = rows / result["wall_s"]
         if kind != "floor":
@@ -235,9 +244,12 @@ def measure(kind: str, rows: int, batch: int, src: Path, extra: list[str] | None
             result["last_step_to_result_s"] = times["end"] - last
             result["pss_run_mb"] = max((p for t, p in samples if t <= last), default=0) / 1024
             result["pss_result_mb"] = max((p for t, p in samples if last < t <= times["end"]), default=0) / 1024
+            result["anon_run_mb"] = max((p for t, p in anon if t <= last), default=0) / 1024
+            result["anon_result_mb"] = max((p for t, p in anon if last < t <= times["end"]), default=0) / 1024
             if "save_start" in times:
                 result["save_s"] = times["save_end"] - times["save_start"]
                 result["pss_save_mb"] = max((p for t, p in samples if t >= times["save_start"]), default=0) / 1024
+                result["anon_save_mb"] = max((p for t, p in anon if t >= times["save_start"]), default=0) / 1024
         else:
             result["pss_run_mb"] = max((p for _, p in samples), default=0) / 1024
         return result
@@ -261,13 +273,15 @@ def _line(r: dict[str, Any]) -> str:
     return (f"{r['rows']:>11,} rows  synthpipe {r['code']:<6} {r['rows_per_s']:>11,.0f} rows/s  "
             f"wall {r['wall_s']:7.2f} s  first step {r['to_first_step_s'] * 1000:6.0f} ms  "
             f"last step->result {r['last_step_to_result_s'] * 1000:6.0f} ms  "
-            f"PSS run {r['pss_run_mb']:6.0f} MB  result {r['pss_result_mb']:6.0f} MB"
-            + (f"  save_to_disk {r['save_s']:5.1f} s PSS {r['pss_save_mb']:6.0f} MB" if "save_s" in r else ""))
+            f"PSS (anon) run {r['pss_run_mb']:5.0f} ({r['anon_run_mb']:4.0f}) MB  result {r['pss_result_mb']:5.0f} "
+            f"({r['anon_result_mb']:4.0f}) MB"
+            + (f"  save_to_disk {r['save_s']:5.1f} s PSS {r['pss_save_mb']:5.0f} ({r['anon_save_mb']:4.0f}) MB"
+               if "save_s" in r else ""))
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
     lines = ["| rows | code | rows/s | floor rows/s | ratio | to first step | last step to result | "
-             "PSS run (MB) | PSS result build (MB) | PSS save_to_disk (MB) |", "|---" * 10 + "|"]
+             "PSS (anon) run, MB | PSS (anon) result build, MB | PSS (anon) save_to_disk, MB |", "|---" * 10 + "|"]
     floors = {r["rows"]: r for r in results if r["kind"] == "floor"}
     for r in results:
         if r["kind"] != "engine":
@@ -275,8 +289,9 @@ def format_table(results: list[dict[str, Any]]) -> str:
         floor = floors[r["rows"]]
         lines.append(f"| {r['rows']:,} | {r['code']} | {r['rows_per_s']:,.0f} | {floor['rows_per_s']:,.0f} | "
                      f"{r['rows_per_s'] / floor['rows_per_s']:.2f} | {r['to_first_step_s'] * 1000:.0f} ms | "
-                     f"{r['last_step_to_result_s'] * 1000:.0f} ms | {r['pss_run_mb']:.0f} | {r['pss_result_mb']:.0f} | "
-                     f"{r.get('pss_save_mb', 0):.0f} |")
+                     f"{r['last_step_to_result_s'] * 1000:.0f} ms | {r['pss_run_mb']:.0f} ({r['anon_run_mb']:.0f}) | "
+                     f"{r['pss_result_mb']:.0f} ({r['anon_result_mb']:.0f}) | "
+                     f"{r.get('pss_save_mb', 0):.0f} ({r.get('anon_save_mb', 0):.0f}) |")
     return "\n".join(lines)
 
 
