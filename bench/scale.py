@@ -210,7 +210,7 @@ with open(out, "w") as fh:
         if not os.path.exists(f"/proc/{root}") or open(f"/proc/{root}/stat").read().split()[2] == "Z":
             break
         sizes = [pss(p) for p in pids]
-        fh.write(f"{time.time()} {sum(s[0] for s in sizes)} {sum(s[1] for s in sizes)}\n")
+        fh.write(f"{time.time()} {sum(s[0] for s in sizes)} {sum(s[1] for s in sizes)} {sizes[0][1]}\n")
         fh.flush()
         time.sleep(every)
 """
@@ -233,8 +233,9 @@ def measure(kind: str, rows: int, batch: int, src: Path, extra: list[str] | None
             raise RuntimeError(f"{kind} run of {rows} rows failed:\n{err[-3000:]}")
         times = json.loads(out.strip().splitlines()[-1])
         lines = [line.split() for line in (marks / "pss").read_text().splitlines() if line]
-        samples = [(float(t), float(p)) for t, p, _ in lines]
-        anon = [(float(t), float(a)) for t, _, a in lines]
+        samples = [(float(t), float(p)) for t, p, *_ in lines]
+        anon = [(float(t), float(a)) for t, _, a, *_ in lines]
+        main_anon = [(float(t), float(rest[0])) for t, _, _, *rest in lines if rest]
         result: dict[str, Any] = {"kind": kind, "rows": rows, "batch": batch, "wall_s": times["end"] - times["start"]}
         result["rows_per_s"] = rows / result["wall_s"]
         if kind != "floor":
@@ -245,6 +246,7 @@ def measure(kind: str, rows: int, batch: int, src: Path, extra: list[str] | None
             result["pss_run_mb"] = max((p for t, p in samples if t <= last), default=0) / 1024
             result["pss_result_mb"] = max((p for t, p in samples if last < t <= times["end"]), default=0) / 1024
             result["anon_run_mb"] = max((p for t, p in anon if t <= last), default=0) / 1024
+            result["main_anon_run_mb"] = max((p for t, p in main_anon if t <= last), default=0) / 1024
             result["anon_result_mb"] = max((p for t, p in anon if last < t <= times["end"]), default=0) / 1024
             if "save_start" in times:
                 result["save_s"] = times["save_end"] - times["save_start"]
