@@ -128,6 +128,25 @@ def measure(kind: str, base: str, rows: int, in_flight: int, args: argparse.Name
             "server_max_in_flight": stats["max_in_flight"]}
 
 
+def cache_memory(sizes: list[int], others: list[Path]) -> int:
+    import llm_cache
+
+    sources = {"this": ROOT / "src", **{f"src{i}": p.resolve() for i, p in enumerate(others)}}
+    proc, port = start_server(0.0)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        results = llm_cache.run(sizes, sources, base + "/v1",
+                                lambda: asyncio.run(server_call(base, "GET", "/_stats")))
+    finally:
+        stop_server(proc)
+    out = RESULTS.with_name("llm_cache.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"benchmark": "llm response cache memory", "rows": llm_cache.ROWS,
+                               "results": results}, indent=2))
+    print(f"written to {out}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=2000)
@@ -140,7 +159,14 @@ def main() -> int:
     parser.add_argument("--tail-fraction", type=float, default=0.02)
     parser.add_argument("--tail-timeout", type=float, default=3.0)
     parser.add_argument("--max-rows-in-flight", type=int, default=None, help="the task's window (tail mode)")
+    parser.add_argument("--cache-answers", type=int, nargs="+", default=None,
+                        help="instead: memory and start-up with this many answers in the response cache "
+                             "(bench/llm_cache.py), e.g. 10000 1000000")
+    parser.add_argument("--src", type=Path, nargs="*", default=[],
+                        help="with --cache-answers: other source trees measured the same way, interleaved")
     args = parser.parse_args()
+    if args.cache_answers:
+        return cache_memory(args.cache_answers, args.src)
     if args.tail:
         proc, port = start_server(args.latency)
         try:

@@ -3,28 +3,52 @@
 from __future__ import annotations
 
 import json
+import sys
+import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 from synthpipe import _compat
+from synthpipe.store.result_stream import RESULT_FOLDER, is_current, write_from_parquet
 
 FAILED_ROWS_FILE = "failed_rows.jsonl"
 
 
-def _dataset_from_parquet(files: list[Path]) -> Any:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def warm_up() -> None:
+    """Import what building the result needs (``datasets``: over a second on a busy machine)
+    in a thread of its own, while the run starts its workers, rather than after the last
+    step, when the user is waiting for the result. Idempotent; a failure here is no failure
+    (building the result imports it again and says what is wrong)."""
+    global _WARMING
+    if _WARMING is None and "datasets" not in sys.modules:
+        _WARMING = threading.Thread(target=_import_result_libraries, name="synthpipe-result-import", daemon=True)
+        _WARMING.start()
+
+
+_WARMING: threading.Thread | None = None
+
+
+def _import_result_libraries() -> None:
+    try:
+        import datasets  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+    except Exception:  # noqa: BLE001  (said when the result is built, where it matters)
+        pass
+
+
+def _dataset_from_parquet(files: list[Path], target: Path) -> Any:
+    """The leaf's rows as a dataset memory-mapped from one Arrow file at ``target``: the one
+    the leaf writer streamed during the run where it holds exactly these chunks, else made
+    from them a record batch at a time, so neither building nor holding the result costs
+    memory that grows with its rows."""
     from datasets import Dataset
 
     if not files:
         return Dataset.from_dict({})
-    from synthpipe.store.leaf_writer import KEY_COLUMN
-
-    tables = [pq.read_table(f) for f in files]
-    table = pa.concat_tables(tables, promote_options="permissive")
-    if KEY_COLUMN in table.column_names:
-        table = table.drop_columns([KEY_COLUMN])
-    return Dataset(table)
+    if not is_current(target, files):
+        write_from_parquet(files, target)
+    return Dataset.from_file(str(target), in_memory=False)
 
 
 class Distiset(dict):
@@ -47,8 +71,10 @@ class Distiset(dict):
 
         single = len(leaf_files) == 1
         result = cls(failed_rows=failed_rows, run_dir=run_dir)
+        folder = (run_dir if run_dir is not None else Path(tempfile.mkdtemp(prefix="synthpipe-"))) / RESULT_FOLDER
         for leaf, files in leaf_files.items():
-            result["default" if single else leaf] = DatasetDict({"train": _dataset_from_parquet(files)})
+            dataset = _dataset_from_parquet(files, folder / f"{leaf}.arrow")
+            result["default" if single else leaf] = DatasetDict({"train": dataset})
         return result
 
     @property

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthpipe.distiset import Distiset
+from synthpipe.distiset import Distiset, warm_up
 from synthpipe.errors import ColumnTypeClash, ErrorRecord, RunInterrupted
 from synthpipe.models.cache import RESPONSE
 from synthpipe.pipeline.plan import Plan, build_plan
@@ -225,6 +225,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
         return store.read_batch(batch), batch.last
 
     def tick() -> None:
+        warm_up()  # the result's imports, once the workers have started: not after the last step
         progress.tick()
         if accounting.over_budget(scheduler.jobs_in_flight()):
             signals.request_stop("a stop request (max_budget)")

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from synthpipe.errors import SynthpipeError
+from synthpipe.store.result_stream import KEY_COLUMN, RESULT_FOLDER, LeafStream
 
-KEY_COLUMN = "__synthpipe_key__"
+__all__ = ["KEY_COLUMN", "LeafWriter", "Misfit", "find_misfits", "rows_to_table"]
 
 
 def rows_to_table(rows: list[dict[str, Any]], step: str) -> Any:
@@ -56,8 +57,12 @@ class LeafWriter:
     such a chunk is an error naming the step and the column."""
 
     def __init__(self, data_dir: Path, leaves: list[str], chunk_rows: int = 10_000,
-                 on_misfit: Callable[[str, list[Misfit]], None] | None = None) -> None:
+                 on_misfit: Callable[[str, list[Misfit]], None] | None = None,
+                 result_dir: Path | None = None) -> None:
         self.data_dir = data_dir
+        # each chunk also goes to the leaf's Arrow stream, which the result maps (result_stream)
+        result_dir = result_dir if result_dir is not None else data_dir.parent / RESULT_FOLDER
+        self._streams = {leaf: LeafStream(result_dir / f"{leaf}.arrow") for leaf in leaves}
         self.chunk_rows = chunk_rows
         self.on_misfit = on_misfit
         self._buffers: dict[str, list[dict[str, Any]]] = {leaf: [] for leaf in leaves}
@@ -78,6 +83,11 @@ class LeafWriter:
     def close(self) -> None:
         for step in self._buffers:
             self._flush(step)
+        for stream in self._streams.values():
+            try:
+                stream.finish()
+            except OSError:
+                stream.drop()  # the result is then made from the chunks
 
     def files(self, step: str) -> list[Path]:
         return list(self._files[step])
@@ -125,6 +135,10 @@ class LeafWriter:
         pq.write_table(table, tmp)
         os.replace(tmp, final)
         self._files[step].append(final)
+        try:
+            self._streams[step].add(table, final)
+        except OSError:
+            self._streams[step].drop()
         self.rows_written[step] += len(rows)
 
     def _set_aside_misfits(self, step: str, rows: list[dict[str, Any]],

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from synthpipe.store.claim import COPY_ID, LEASE, LEASE_SECONDS, RemoteClaim, StoreInUse
+from synthpipe.store.responses import INDEX_SUFFIX
+from synthpipe.store.result_stream import RESULT_FOLDER
 
 logger = logging.getLogger("synthpipe.store")
 
@@ -46,6 +48,15 @@ def local_copy_root(url: str, cache_root: Path) -> Path:
     """Where this machine keeps its working copy of a remote store."""
     digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:12]
     return cache_root / "remote" / digest
+
+
+def _derived(rel: str) -> bool:
+    """Files made again from the others where missing, and rewritten in place (not appended):
+    the response cache's index, a run's memory-mapped result (``runs/<run>/result/``). Not mirrored."""
+    parts = rel.split("/")
+    in_result = len(parts) == 4 and parts[0] == WHOLE_FILES_UNDER and parts[2] == RESULT_FOLDER
+    return in_result or INDEX_SUFFIX in parts[-1]
+
 
 
 class RemoteMirror:
@@ -194,7 +205,7 @@ class RemoteMirror:
                 if not path.is_file() or path.suffix == ".tmp":
                     continue
                 rel = path.relative_to(self.local).as_posix()
-                if rel in NOT_MIRRORED:
+                if rel in NOT_MIRRORED or _derived(rel):
                     continue
                 if rel.split("/", 1)[0] == WHOLE_FILES_UNDER and not rel.endswith(".log"):  # a log only grows
                     stamp = _stamp(path)
