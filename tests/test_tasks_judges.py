@@ -321,3 +321,17 @@ def test_the_recipes_run_offline_from_a_shell(tmp_path, recipe, expect):
                           timeout=200, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert expect in done.stdout and "0 row(s) failed" in done.stdout
+
+
+def test_answers_of_a_task_asking_for_its_schema_count_as_paid_on_a_fresh_run(server):
+    """The coordinator follows the model set-up the worker runs (with the task's schema), so
+    fresh answers are counted as paid, not as served from the response cache."""
+    good_json = json.dumps({"assessments": [{"rating": 4, "rationale": "clear"}, {"rating": 2, "rationale": "vague"}]})
+    server.configure(answers=[(r"question", good_json)])
+    with Pipeline(name="judge-usage") as pipeline:
+        LoadDataFromDicts(data=UF_ROWS) >> UltraFeedback(name="task", llm=_llm(server))
+    distiset = pipeline.run()
+    record = json.loads((Path(distiset.run_dir) / "run.json").read_text())
+    [usage] = [u for u in record["usage"] if u["step"] == "task"]
+    assert usage["requests"] == 3 and usage["cached_tokens"] == 0
+    assert usage["paid_output"] == usage["output_tokens"] > 0

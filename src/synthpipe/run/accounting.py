@@ -57,7 +57,9 @@ class Budget:
 def _models(plan: Plan) -> list[tuple[str, Any]]:
     found = []
     for name in plan.order:
-        llm = getattr(plan.step(name), "llm", None)
+        step = plan.step(name)
+        as_run = getattr(step, "llm_as_run", None)  # a task's LLM with the schema its worker adds
+        llm = as_run() if callable(as_run) else getattr(step, "llm", None)
         if llm is not None and hasattr(llm, "model_name"):
             found.append((name, llm))
     return found

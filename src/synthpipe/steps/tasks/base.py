@@ -138,10 +138,19 @@ class Task(Step):
     def outputs(self) -> list[str]:
         return [*self.task_outputs, "model_name", METADATA_COLUMN]
 
+    def _task_schema(self) -> StructuredOutput:
+        return StructuredOutput(json_schema=self.get_structured_output(), name=_TASK_SCHEMA_NAME)
+
+    def llm_as_run(self) -> LLM:
+        """The LLM as the worker runs it (with the task's own schema where it asks for one): what
+        the coordinator must look at to know the model set-up the stored answers belong to."""
+        if self.uses_structured_output and self.llm.structured_output is None:
+            return self.llm.model_copy(update={"structured_output": self._task_schema()})
+        return self.llm
+
     def load(self) -> None:
         if self.uses_structured_output and self.llm.structured_output is None:  # the worker's own copy
-            schema = self.get_structured_output()
-            self.llm.structured_output = StructuredOutput(json_schema=schema, name=_TASK_SCHEMA_NAME)
+            self.llm.structured_output = self._task_schema()
         self.llm.share_limits(self.resources.replicas)  # the endpoint's limits hold for all replicas together
         self.llm.load()
         cache_for(self.llm, read=self.use_cache)  # index the stored answers now, not on the first batch
