@@ -12,14 +12,39 @@ from synthpipe.steps.base import (
     StepResources,
     StepResult,
 )
+from synthpipe.steps.columns import (
+    CombineOutputs,
+    ExpandColumns,
+    GroupColumns,
+    KeepColumns,
+    MergeColumns,
+    TruncateTextColumn,
+)
 from synthpipe.steps.decorator import step
+from synthpipe.steps.formatting import (
+    ConversationTemplate,
+    FormatChatGenerationDPO,
+    FormatChatGenerationSFT,
+    FormatTextGenerationDPO,
+    FormatTextGenerationSFT,
+)
 from synthpipe.steps.generators.data import LoadDataFromDicts
 
 __all__ = [
+    "CombineOutputs",
+    "ConversationTemplate",
+    "ExpandColumns",
+    "FormatChatGenerationDPO",
+    "FormatChatGenerationSFT",
+    "FormatTextGenerationDPO",
+    "FormatTextGenerationSFT",
     "GeneratorStep",
     "GeneratorStepOutput",
     "GlobalStep",
+    "GroupColumns",
+    "KeepColumns",
     "LoadDataFromDicts",
+    "MergeColumns",
     "RowFailure",
     "RuntimeParameter",
     "Step",
@@ -27,5 +52,6 @@ __all__ = [
     "StepOutput",
     "StepResources",
     "StepResult",
+    "TruncateTextColumn",
     "step",
 ]
