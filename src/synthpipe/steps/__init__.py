@@ -28,11 +28,18 @@ from synthpipe.steps.formatting import (
     FormatTextGenerationDPO,
     FormatTextGenerationSFT,
 )
-from synthpipe.steps.generators.data import LoadDataFromDicts
+from synthpipe.steps.generators import (
+    DataSampler,
+    LoadDataFromDicts,
+    LoadDataFromDisk,
+    LoadDataFromFileSystem,
+    LoadDataFromHub,
+)
 
 __all__ = [
     "CombineOutputs",
     "ConversationTemplate",
+    "DataSampler",
     "ExpandColumns",
     "FormatChatGenerationDPO",
     "FormatChatGenerationSFT",
@@ -44,6 +51,9 @@ __all__ = [
     "GroupColumns",
     "KeepColumns",
     "LoadDataFromDicts",
+    "LoadDataFromDisk",
+    "LoadDataFromFileSystem",
+    "LoadDataFromHub",
     "MergeColumns",
     "RowFailure",
     "RuntimeParameter",
