@@ -13,14 +13,49 @@ from synthpipe.steps.base import (
     StepResources,
     StepResult,
 )
+from synthpipe.steps.columns import (
+    CombineOutputs,
+    ExpandColumns,
+    GroupColumns,
+    KeepColumns,
+    MergeColumns,
+    TruncateTextColumn,
+)
 from synthpipe.steps.decorator import step
-from synthpipe.steps.generators.data import LoadDataFromDicts
+from synthpipe.steps.formatting import (
+    ConversationTemplate,
+    FormatChatGenerationDPO,
+    FormatChatGenerationSFT,
+    FormatTextGenerationDPO,
+    FormatTextGenerationSFT,
+)
+from synthpipe.steps.generators import (
+    DataSampler,
+    LoadDataFromDicts,
+    LoadDataFromDisk,
+    LoadDataFromFileSystem,
+    LoadDataFromHub,
+)
 
 __all__ = [
+    "CombineOutputs",
+    "ConversationTemplate",
+    "DataSampler",
+    "ExpandColumns",
+    "FormatChatGenerationDPO",
+    "FormatChatGenerationSFT",
+    "FormatTextGenerationDPO",
+    "FormatTextGenerationSFT",
     "GeneratorStep",
     "GeneratorStepOutput",
     "GlobalStep",
+    "GroupColumns",
+    "KeepColumns",
     "LoadDataFromDicts",
+    "LoadDataFromDisk",
+    "LoadDataFromFileSystem",
+    "LoadDataFromHub",
+    "MergeColumns",
     "RowFailure",
     "RuntimeParameter",
     "Step",
@@ -28,6 +63,7 @@ __all__ = [
     "StepOutput",
     "StepResources",
     "StepResult",
+    "TruncateTextColumn",
     "step",
 ]
 
