@@ -21,6 +21,7 @@ from synthpipe.steps.columns import (
     TruncateTextColumn,
 )
 from synthpipe.steps.decorator import step
+from synthpipe.steps.filtering import MinHashDedup
 from synthpipe.steps.formatting import (
     ConversationTemplate,
     FormatChatGenerationDPO,
@@ -55,6 +56,7 @@ __all__ = [
     "LoadDataFromFileSystem",
     "LoadDataFromHub",
     "MergeColumns",
+    "MinHashDedup",
     "RowFailure",
     "RuntimeParameter",
     "Step",
