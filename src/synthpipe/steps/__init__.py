@@ -22,6 +22,7 @@ from synthpipe.steps.columns import (
     TruncateTextColumn,
 )
 from synthpipe.steps.decorator import step
+from synthpipe.steps.filtering import MinHashDedup
 from synthpipe.steps.formatting import (
     ConversationTemplate,
     FormatChatGenerationDPO,
@@ -56,6 +57,7 @@ __all__ = [
     "LoadDataFromFileSystem",
     "LoadDataFromHub",
     "MergeColumns",
+    "MinHashDedup",
     "RowFailure",
     "RuntimeParameter",
     "Step",
