@@ -36,9 +36,11 @@ PUBLIC = {"synthpipe", "synthpipe.steps", "synthpipe.steps.tasks", "synthpipe.mo
           "synthpipe.typing", "synthpipe.llms", "synthpipe.embeddings", "synthpipe.mixins",
           "synthpipe.mixins.runtime_parameters", "synthpipe.steps.typing", "synthpipe.steps.tasks.typing"}
 PUBLIC_PACKAGES = ("synthpipe.models.llms", "synthpipe.models.embeddings")
-# The one declared exception: Pipeline.run() hands the pipeline to the run package.
+# Declared exceptions: Pipeline.run() hands the pipeline to the run package; LoadDataFromDisk reads a
+# saved Distiset (is_distiset=True) through the one class that knows its layout.
 DECLARED = {("synthpipe.pipeline.base", "synthpipe.run"), ("synthpipe.pipeline.base", "synthpipe.run.stops"),
-            ("synthpipe.pipeline.base", "synthpipe.run.estimate")}
+            ("synthpipe.pipeline.base", "synthpipe.run.estimate"),
+            ("synthpipe.steps.generators.datasets_io", "synthpipe.distiset")}
 HEAVY = ("torch", "transformers", "datasets", "pyarrow", "aiohttp", "openai", "anthropic", "ray")
 
 

@@ -72,7 +72,9 @@ def _exported(module: Any, base: type) -> list[type]:
     return found
 
 
-KNOWN_VALUES = {"rubric": "helpfulness"}  # required fields whose value must be one of the task's own
+# required fields whose value a plain one of its type does not satisfy: one of the task's own rubrics,
+# columns to act on, rows enough for a sample
+KNOWN_VALUES = {"rubric": "helpfulness", "columns": ["x"], "data": [{"x": 1}, {"x": 2}]}
 
 
 def _simple_value(annotation: Any, field: str) -> Any:

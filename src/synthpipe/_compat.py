@@ -137,16 +137,12 @@ _STEPS: dict[str, str | No] = {
     "EmbeddingGeneration": "synthpipe.steps.embeddings:EmbeddingGeneration",
     "TextClustering": "synthpipe.steps.tasks.text_clustering:TextClustering",
     **{name: _step(name) for name in [
-        "CombineOutputs", "ConversationTemplate", "DataSampler", "DeitaFiltering", "EmbeddingDedup",
-        "ExpandColumns", "FaissNearestNeighbour", "FormatChatGenerationDPO", "FormatChatGenerationSFT",
-        "FormatTextGenerationDPO", "FormatTextGenerationSFT", "GroupColumns", "CombineColumns", "KeepColumns",
-        "LoadDataFromDisk", "LoadDataFromFileSystem", "LoadDataFromHub", "MergeColumns", "MinHashDedup",
-        "PushToHub", "RewardModelScore", "TruncateTextColumn", "UMAP", "DBSCAN",
+        "DeitaFiltering", "EmbeddingDedup", "FaissNearestNeighbour", "PushToHub", "RewardModelScore", "UMAP",
+        "DBSCAN",
     ]},
-    "MinHash": No("distilabel 1.5 replaced MinHash/MinHashLSH with MinHashDedup, which is not in synthpipe's "
-                  "step library yet"),
-    "MinHashLSH": No("distilabel 1.5 replaced MinHash/MinHashLSH with MinHashDedup, which is not in synthpipe's "
-                     "step library yet"),
+    "CombineColumns": No("distilabel 1.4 renamed CombineColumns to GroupColumns (synthpipe.steps.GroupColumns)"),
+    "MinHash": No("distilabel 1.5 replaced MinHash/MinHashLSH with MinHashDedup (synthpipe.steps.MinHashDedup)"),
+    "MinHashLSH": No("distilabel 1.5 replaced MinHash/MinHashLSH with MinHashDedup (synthpipe.steps.MinHashDedup)"),
     "PreferenceToArgilla": No("Argilla export steps are not supported yet; save the Distiset and push it with "
                               "the argilla client"),
     "TextGenerationToArgilla": No("Argilla export steps are not supported yet; save the Distiset and push it "

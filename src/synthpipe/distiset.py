@@ -29,6 +29,15 @@ def warm_up() -> None:
 _WARMING: threading.Thread | None = None
 
 
+def settle_warm_up(timeout: float = 5.0) -> None:
+    """Let the warm-up import finish before a KeyboardInterrupt leaves the run. CPython gives an
+    uncaught KeyboardInterrupt the exit status of SIGINT (130) through one process-wide flag,
+    which code run by an import in another thread clears (Cython modules such as pyarrow's run
+    code through ``PyRun_String``): a Ctrl+C during start-up would otherwise exit with 1."""
+    if _WARMING is not None:
+        _WARMING.join(timeout)
+
+
 def _import_result_libraries() -> None:
     try:
         import datasets  # noqa: F401

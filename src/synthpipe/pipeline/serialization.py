@@ -137,7 +137,8 @@ def _encode_fields(model: BaseModel, where: str, left_out: list[str], skip: Iter
             sensitive = [k for k, v in value.items() if str(k).lower() in names and isinstance(v, (str, SecretStr))]
             left_out.extend(f"{here.split('.', 1)[1]}.{k}" for k in sensitive)
             value = {k: v for k, v in value.items() if k not in sensitive}
-        params[name] = _encode(value, here, left_out)
+        # a field stored under another name keeps its constructor spelling (GroupColumns' output_columns)
+        params[info.alias or name] = _encode(value, here, left_out)
     return params
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthpipe.distiset import Distiset, warm_up
+from synthpipe.distiset import Distiset, settle_warm_up, warm_up
 from synthpipe.errors import ColumnTypeClash, ErrorRecord, RunInterrupted
 from synthpipe.models.cache import RESPONSE
 from synthpipe.pipeline.plan import Plan, build_plan
@@ -310,6 +310,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
         if accounting.stopped_by_budget and interrupted.signum == signal.SIGINT and len(signals.received) == 1:
             raise accounting.budget_error() from None
         if interrupted.signum == signal.SIGINT:
+            settle_warm_up()  # else the exit status of this Ctrl+C can read 1, not 130
             raise KeyboardInterrupt(str(interrupted)) from None
         raise SystemExit(128 + interrupted.signum)
     if failure is not None:

@@ -7,8 +7,9 @@ from typing import Any
 from synthpipe.steps.base import Step, StepInput, StepOutput
 from synthpipe.steps.formatting._util import first_user_turn, prompt_id, require, system_then_user
 
-_OUTPUTS = ["prompt", "prompt_id", "chosen", "chosen_model", "chosen_rating",
-            "rejected", "rejected_model", "rejected_rating"]
+# the *_model columns only when the rows say which model wrote each generation
+_OUTPUTS = {"prompt": True, "prompt_id": True, "chosen": True, "chosen_model": False, "chosen_rating": True,
+            "rejected": True, "rejected_model": False, "rejected_rating": True}
 
 
 def _pick(step: Step, row: dict[str, Any], index: int, messages: list[dict[str, Any]]) -> None:
@@ -42,8 +43,8 @@ class FormatTextGenerationDPO(Step):
                 "system_prompt": False, "generation_models": False}
 
     @property
-    def outputs(self) -> list[str]:
-        return list(_OUTPUTS)
+    def outputs(self) -> dict[str, bool]:
+        return dict(_OUTPUTS)
 
     def process(self, *inputs: StepInput) -> StepOutput:
         for batch in inputs:
@@ -63,8 +64,8 @@ class FormatChatGenerationDPO(Step):
         return {"messages": True, "generations": True, "ratings": True, "generation_models": False}
 
     @property
-    def outputs(self) -> list[str]:
-        return list(_OUTPUTS)
+    def outputs(self) -> dict[str, bool]:
+        return dict(_OUTPUTS)
 
     def process(self, *inputs: StepInput) -> StepOutput:
         for batch in inputs:
