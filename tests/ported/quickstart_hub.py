@@ -16,5 +16,5 @@ with Pipeline(name="simple-text-generation-pipeline", description="A simple text
     load_dataset >> text_generation
 
 if __name__ == "__main__":
-    distiset = pipeline.run(parameters={load_dataset.name: {"repo_id": "distilabel-internal-testing/instruction-dataset-mini",
-                                                            "split": "test"}})
+    distiset = pipeline.run(parameters={
+        load_dataset.name: {"repo_id": "distilabel-internal-testing/instruction-dataset-mini", "split": "test"}})

@@ -32,7 +32,7 @@ KW = {"base_url": server.base_url, "api_key": "sk-test"}
 def GroupGenerations(*inputs: StepInput) -> StepOutput:
     """One row per instruction with every generator's answer in a list."""
     rows = []
-    for group in zip(*inputs):
+    for group in zip(*inputs, strict=True):
         row = dict(group[0])
         row["generations"] = [r["generation"] for r in group]
         row["generation_models"] = [r["generation_model"] for r in group]

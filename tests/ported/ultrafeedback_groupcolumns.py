@@ -10,7 +10,8 @@ with Pipeline(name="ultrafeedback-pipeline") as pipeline:
     load = LoadDataFromDicts(data=[{"instruction": "What is 2 + 2?"}])
     gens = [TextGeneration(llm=OpenAILLM(model=m), output_mappings={"model_name": "generation_model"})
             for m in ("gpt-3.5-turbo", "gpt-4o-mini")]
-    combine = GroupColumns(columns=["generation", "generation_model"], output_columns=["generations", "generation_models"])
+    combine = GroupColumns(columns=["generation", "generation_model"],
+                           output_columns=["generations", "generation_models"])
     rate = UltraFeedback(llm=OpenAILLM(model="gpt-4-turbo-2024-04-09"), aspect="overall-rating")
     load >> gens >> combine >> rate
 
