@@ -79,7 +79,9 @@ class InferenceEndpointsLLM(OneRequestPerGeneration, AsyncLLM):
     (``{"type": "json_object", "value": schema}``) for a URL.
 
     ``tokenizer_id`` (distilabel applies that tokenizer's chat template itself and calls the
-    text-generation route) is not supported: the chat-completion route applies the server's template.
+    text-generation route) is taken when it names ``model_id``'s own repository, as distilabel's
+    examples write it: the chat-completion route applies that same template on the server, so the
+    prompt is the same. A different tokenizer's template is not supported.
     """
 
     model_id: Optional[str] = None
@@ -98,7 +100,7 @@ class InferenceEndpointsLLM(OneRequestPerGeneration, AsyncLLM):
 
     NOT_IN_SIGNATURE: ClassVar[frozenset[str]] = frozenset({
         "api_key", "max_concurrency", "timeout", "max_retries", "retry_base_delay", "default_headers",
-        "model_display_name",
+        "model_display_name", "tokenizer_id",
     })
     API_KEY_ENV: ClassVar[str] = "HF_TOKEN"
 
@@ -113,14 +115,14 @@ class InferenceEndpointsLLM(OneRequestPerGeneration, AsyncLLM):
     def _secret(cls, value: Any) -> Any:
         return SecretStr(value) if isinstance(value, str) else value
 
-    @field_validator("tokenizer_id")
-    @classmethod
-    def _no_tokenizer(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None:
+    @model_validator(mode="after")
+    def _tokenizer_is_the_models(self) -> InferenceEndpointsLLM:
+        if self.tokenizer_id is not None and self.tokenizer_id != self.model_id:
             raise ValueError(
-                "tokenizer_id is not supported: InferenceEndpointsLLM always uses the chat-completion route, where "
-                "the server applies the model's chat template; leave tokenizer_id unset")
-        return value
+                f"tokenizer_id={self.tokenizer_id!r} is not supported: InferenceEndpointsLLM always uses the "
+                "chat-completion route, where the server applies the served model's own chat template; leave "
+                "tokenizer_id unset or set it to model_id")
+        return self
 
     @model_validator(mode="after")
     def _one_target(self) -> InferenceEndpointsLLM:
