@@ -16,8 +16,8 @@ PORTED = Path(__file__).parent / "ported"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def _run(script: str, cache: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(SRC), "SYNTHPIPE_CACHE_DIR": str(cache)}
+def _run(script: str, cache: Path, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "SYNTHPIPE_CACHE_DIR": str(cache), **env_vars}
     return subprocess.run([sys.executable, f"{script}.py"], cwd=PORTED, env=env, capture_output=True, text=True,
                           timeout=110)
 
@@ -35,10 +35,6 @@ RUNS = {
                        "synthpipe_metadata", "ultrafeedback_model"], 6),
 }
 
-REFUSED = {
-    "quickstart_hub": "the distilabel step LoadDataFromHub is not in synthpipe's step library yet",
-    "ultrafeedback_groupcolumns": "the distilabel step GroupColumns is not in synthpipe's step library yet",
-}
 
 
 @pytest.mark.timeout(150)
@@ -51,8 +47,11 @@ def test_ported_pipeline_runs(script, tmp_path):
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("script", sorted(REFUSED))
-def test_ported_pipeline_not_supported_yet_says_so(script, tmp_path):
-    proc = _run(script, tmp_path)
+def test_the_hub_quickstart_offline_names_the_step_and_the_dataset(tmp_path):
+    """With no network (HF_HUB_OFFLINE=1, nothing cached) the Hub loader fails before the run
+    starts, naming the step and the dataset and saying what works offline."""
+    proc = _run("quickstart_hub", tmp_path, HF_HUB_OFFLINE="1")
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "NotInSynthpipe" in proc.stderr and REFUSED[script] in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "step 'load_dataset': cannot reach the Hub for 'distilabel-internal-testing/instruction-dataset-mini'" in last
+    assert "HF_HUB_OFFLINE=1" in last and "running pipeline" not in proc.stderr

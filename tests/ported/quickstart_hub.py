@@ -1,6 +1,7 @@
 """distilabel's README / quickstart pipeline as written: LoadDataFromHub >> TextGeneration.
 
-LoadDataFromHub is not in synthpipe's step library yet: the import must say so."""
+With no network here the Hub loader must fail before the run starts, naming the step and the
+dataset (tests/test_ported_pipelines.py runs it with HF_HUB_OFFLINE=1)."""
 
 from synthpipe.models import InferenceEndpointsLLM
 from synthpipe.pipeline import Pipeline

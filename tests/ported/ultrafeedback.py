@@ -1,7 +1,6 @@
 """distilabel's UltraFeedback recipe (papers/ultrafeedback): instructions answered by three LLMs,
 their answers grouped side by side, rated by UltraFeedback (``aspect="overall-rating"``), with
-the docs' output_mappings. GroupColumns (not in synthpipe yet) is a @step here, as the docs'
-own custom-step page writes one."""
+the docs' output_mappings and GroupColumns."""
 
 import json
 
@@ -9,9 +8,8 @@ from _ported import conversation, plausible, report, schema_of, serve
 
 from synthpipe.models import OpenAILLM
 from synthpipe.pipeline import Pipeline
-from synthpipe.steps import LoadDataFromDicts, StepInput, step
+from synthpipe.steps import GroupColumns, LoadDataFromDicts
 from synthpipe.steps.tasks import TextGeneration, UltraFeedback
-from synthpipe.typing import StepOutput
 
 
 def judge(body):
@@ -28,19 +26,6 @@ server = serve(responder=judge)
 KW = {"base_url": server.base_url, "api_key": "sk-test"}
 
 
-@step(inputs=["generation", "generation_model"], outputs=["generations", "generation_models"])
-def GroupGenerations(*inputs: StepInput) -> StepOutput:
-    """One row per instruction with every generator's answer in a list."""
-    rows = []
-    for group in zip(*inputs, strict=True):
-        row = dict(group[0])
-        row["generations"] = [r["generation"] for r in group]
-        row["generation_models"] = [r["generation_model"] for r in group]
-        del row["generation"], row["generation_model"]
-        rows.append(row)
-    yield rows
-
-
 with Pipeline(name="ultrafeedback-pipeline") as pipeline:
     load_dataset = LoadDataFromDicts(
         name="load_dataset",
@@ -53,7 +38,11 @@ with Pipeline(name="ultrafeedback-pipeline") as pipeline:
                        output_mappings={"model_name": "generation_model"})
         for i, model in enumerate(["gpt-3.5-turbo", "command-r-plus", "mistral-large"])
     ]
-    combine_columns = GroupGenerations(name="combine_columns")
+    combine_columns = GroupColumns(
+        name="combine_columns",
+        columns=["generation", "generation_model"],
+        output_columns=["generations", "generation_models"],
+    )
     ultrafeedback = UltraFeedback(
         name="ultrafeedback_openai",
         llm=OpenAILLM(model="gpt-4-turbo-2024-04-09", **KW),

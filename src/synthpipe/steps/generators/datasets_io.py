@@ -97,6 +97,10 @@ class LoadDataFromHub(GeneratorStep):
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"step '{self.name}': cannot load {self.repo_id!r} "
                                     f"(config {self.config!r}, split {self.split!r}): {exc}") from exc
+        except ConnectionError as exc:
+            raise ConnectionError(f"step '{self.name}': cannot reach the Hub for {self.repo_id!r} ({exc}); "
+                                  "with no network, HF_HUB_OFFLINE=1 reads a dataset downloaded before from the "
+                                  "local cache, or repo_id can name a local folder of data files") from exc
 
     @property
     def outputs(self) -> list[str]:
