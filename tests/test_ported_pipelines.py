@@ -53,5 +53,6 @@ def test_the_hub_quickstart_offline_names_the_step_and_the_dataset(tmp_path):
     proc = _run("quickstart_hub", tmp_path, HF_HUB_OFFLINE="1")
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert "step 'load_dataset': cannot reach the Hub for 'distilabel-internal-testing/instruction-dataset-mini'" in last
+    repo = "distilabel-internal-testing/instruction-dataset-mini"
+    assert f"step 'load_dataset': cannot reach the Hub for '{repo}'" in last
     assert "HF_HUB_OFFLINE=1" in last and "running pipeline" not in proc.stderr
