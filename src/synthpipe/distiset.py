@@ -35,7 +35,10 @@ def settle_warm_up(timeout: float = 5.0) -> None:
     which code run by an import in another thread clears (Cython modules such as pyarrow's run
     code through ``PyRun_String``): a Ctrl+C during start-up would otherwise exit with 1."""
     if _WARMING is not None:
-        _WARMING.join(timeout)
+        try:
+            _WARMING.join(timeout)
+        except KeyboardInterrupt:  # a further Ctrl+C while waiting: go at once
+            pass
 
 
 def _import_result_libraries() -> None:

@@ -39,6 +39,7 @@ from synthpipe.runtime import messages as m
 from synthpipe.runtime.contract import Batch, Emit, ExecutorHooks, ExecutorStep  # noqa: F401 (ExecutorHooks: public here too)
 from synthpipe.runtime.driver import Driver
 from synthpipe.runtime.signals import StopSignals, start_fork_server
+from synthpipe.runtime.spawn_masked import MaskedSpawnProcess
 from synthpipe.runtime.worker import MAIN_MODULE, worker_main
 
 logger = logging.getLogger("synthpipe.runtime")
@@ -240,7 +241,8 @@ class LocalExecutor(Driver):
         # Under forkserver the workers' parent is the fork server, not this process.
         parent_pid = os.getpid() if self.start_method == "spawn" else 0
         parent_conn, child_conn = ctx.Pipe(duplex=True)
-        process = ctx.Process(
+        process_class = MaskedSpawnProcess if self.start_method == "spawn" else ctx.Process
+        process = process_class(
             target=worker_main,
             args=(child_conn, self._payloads[name], name, replica, self.log_level, parent_pid, self.worker_context),
             name=f"synthpipe:{name}:{replica}",
