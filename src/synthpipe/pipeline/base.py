@@ -163,10 +163,12 @@ class Pipeline:
         with stops_deferred():  # a Ctrl+C from here on stops the run, wherever it comes
             from synthpipe.run import run_pipeline
 
-            return run_pipeline(
+            distiset = run_pipeline(
                 self, parameters=parameters, dataset=dataset, use_cache=use_cache, retry_failed=retry_failed,
                 log_level=log_level,
             )
+            distiset.pipeline = self  # what push_to_hub's card and pipeline.yaml describe
+            return distiset
 
     def dry_run(
         self,
