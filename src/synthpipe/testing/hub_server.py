@@ -225,7 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = f"{self.hub.url}/datasets/{repo_id}"
         if repo_id in self.hub.repos:
             return self._send(409, {"error": "You already created this dataset repo", "url": url})
-        repo = _Repo(repo_id, bool(body.get("private")))
+        repo = _Repo(repo_id, body.get("visibility") == "private" or bool(body.get("private")))
         repo.commits.append((hashlib.sha1(f"init {repo_id}".encode()).hexdigest(), {}))
         self.hub.repos[repo_id] = repo
         self._send(200, {"url": url, "name": repo_id, "id": repo_id})
