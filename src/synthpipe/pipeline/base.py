@@ -179,12 +179,14 @@ class Pipeline:
         """Run one batch of ``batch_size`` rows through the whole pipeline, to try it out."""
         from synthpipe.run import run_pipeline
 
-        return run_pipeline(
+        distiset = run_pipeline(
             self,
             parameters=parameters,
             dataset=dataset,
             dry_run_batch_size=batch_size,
         )
+        distiset.pipeline = self
+        return distiset
 
     def estimate(self, sample: int = 10, *, rows: int | None = None,
                  parameters: dict[str, dict[str, Any]] | None = None, dataset: Any = None) -> Any:
