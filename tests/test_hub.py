@@ -150,3 +150,38 @@ def test_train_test_split_splits_every_leaf():
     assert sorted(list(split["a"]["train"]["x"]) + list(split["a"]["test"]["x"])) == list(range(10))
     with pytest.raises(ValueError, match="train_size must be a fraction"):
         distiset.train_test_split(train_size=1.5)
+
+
+def test_a_failed_upload_is_a_clear_error_naming_the_config(tmp_path):
+    code = (
+        "from datasets import Dataset, DatasetDict\n"
+        "from synthpipe.distiset import Distiset\n"
+        "d = Distiset({'first': DatasetDict({'train': Dataset.from_dict({'a': [1, 2]})}),"
+        " 'second': DatasetDict({'train': Dataset.from_dict({'b': [3]})})})\n"
+        "try:\n    d.push_to_hub('standin-user/failing', token='hf_standin_token')\n"
+        "except Exception as exc:\n    print('ERROR', type(exc).__name__, exc)\n")
+    with HubServer(token=TOKEN) as hub:
+        hub.fail(r"^POST /api/datasets/standin-user/failing/commit/", status=400, times=10)
+        env = {**os.environ, **hub.env(tmp_path / "hf"), "PYTHONPATH": python_path(TESTS.parent / "src")}
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=200)
+        arrived = hub.files("standin-user/failing")
+    error = proc.stdout[proc.stdout.find("ERROR"):] if "ERROR" in proc.stdout else proc.stdout + proc.stderr
+    assert error.startswith("ERROR HubPushError push_to_hub('standin-user/failing'): uploading config 'first' "
+                            "failed"), error
+    assert "injected failure" in error  # what the Hub said is in the message
+    assert arrived == {}  # nothing was committed
+
+
+def test_a_private_repo_is_hidden_from_readers_without_the_token():
+    with HubServer(token=TOKEN) as hub:
+        auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        body = json.dumps({"name": "p", "type": "dataset", "visibility": "private"}).encode()
+        assert _post(f"{hub.url}/api/repos/create", body, auth)[0] == 200
+        for headers, expected in (({}, 404), ({"Authorization": f"Bearer {TOKEN}"}, 200)):
+            request = urllib.request.Request(f"{hub.url}/api/datasets/standin-user/p", headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    status = response.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            assert status == expected

@@ -60,6 +60,7 @@ class HubServer:
         self.repos: dict[str, _Repo] = {}
         self.unhandled: list[str] = []
         self.requests: list[str] = []
+        self._faults: list[list[Any]] = []
         self._lock = threading.Lock()
         self._dir: Path | None = None
         self._httpd: ThreadingHTTPServer | None = None
@@ -92,6 +93,20 @@ class HubServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def fail(self, pattern: str, status: int = 500, times: int = 1) -> None:
+        """The next ``times`` requests whose ``METHOD /path`` matches ``pattern`` (a regex searched
+        for) answer ``status``: a failed upload, on purpose."""
+        with self._lock:
+            self._faults.append([re.compile(pattern), status, times])
+
+    def _fault(self, request: str) -> int | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault[2] > 0 and fault[0].search(request):
+                    fault[2] -= 1
+                    return fault[1]
+        return None
 
     def env(self, cache_dir: str | Path) -> dict[str, str]:
         """Environment for a process whose hub clients should talk to this stand-in (both
@@ -184,6 +199,10 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         path, query = unquote(parts.path), parse_qs(parts.query)
         self.hub.requests.append(f"{self.command} {path}")
+        status = self.hub._fault(f"{self.command} {path}")
+        if status is not None:
+            self._body()
+            return self._error(status, f"injected failure of {self.command} {path}")
         routes = [
             ("GET", r"/api/whoami-v2", self._whoami),
             ("POST", r"/api/repos/create", self._create),
