@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("execution", ("synthpipe.runtime",)),
     ("models", ("synthpipe.models",)),
     ("library", ("synthpipe.steps",)),
-    ("result", ("synthpipe.distiset",)),
+    ("result", ("synthpipe.distiset", "synthpipe.distiset_hub")),
     ("ui", ("synthpipe.ui",)),
     ("run", ("synthpipe.run", "synthpipe.runner", "synthpipe.retry")),
     ("cli", ("synthpipe.cli", "synthpipe.__main__")),

@@ -137,7 +137,7 @@ _STEPS: dict[str, str | No] = {
     "EmbeddingGeneration": "synthpipe.steps.embeddings:EmbeddingGeneration",
     "TextClustering": "synthpipe.steps.tasks.text_clustering:TextClustering",
     **{name: _step(name) for name in [
-        "DeitaFiltering", "EmbeddingDedup", "FaissNearestNeighbour", "PushToHub", "RewardModelScore", "UMAP",
+        "DeitaFiltering", "EmbeddingDedup", "FaissNearestNeighbour", "RewardModelScore", "UMAP",
         "DBSCAN",
     ]},
     "CombineColumns": No("distilabel 1.4 renamed CombineColumns to GroupColumns (synthpipe.steps.GroupColumns)"),

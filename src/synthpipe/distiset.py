@@ -75,6 +75,7 @@ class Distiset(dict):
         super().__init__(*args, **kwargs)
         self.failed_rows: list[dict[str, Any]] = failed_rows or []
         self.run_dir = run_dir
+        self.pipeline: Any = None  # the Pipeline that made it (set by Pipeline.run): the card describes it
 
     @classmethod
     def from_leaf_files(cls, leaf_files: dict[str, list[Path]], failed_rows: list[dict[str, Any]],
@@ -115,6 +116,21 @@ class Distiset(dict):
         if failed_file.exists():
             failed = [json.loads(line) for line in failed_file.read_text().splitlines() if line]
         return cls({leaf: load_from_disk(str(path / leaf)) for leaf in leaves}, failed_rows=failed)
+
+    def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None,
+                    generate_card: bool = True, include_script: bool = False, **kwargs: Any) -> None:
+        """One config per leaf, a dataset card, ``pipeline.yaml`` and ``pipeline.log``
+        (synthpipe/distiset_hub.py); ``kwargs`` go to ``DatasetDict.push_to_hub``."""
+        from synthpipe.distiset_hub import push_to_hub
+
+        push_to_hub(self, repo_id, private=private, token=token, generate_card=generate_card,
+                    include_script=include_script, **kwargs)
+
+    def train_test_split(self, train_size: float, shuffle: bool = True, seed: int | None = None) -> Distiset:
+        """Each leaf's ``train`` split becomes ``train`` and ``test``, in place; returns self."""
+        from synthpipe.distiset_hub import train_test_split
+
+        return train_test_split(self, train_size, shuffle=shuffle, seed=seed)
 
     def __repr__(self) -> str:
         inner = ", ".join(

@@ -163,10 +163,12 @@ class Pipeline:
         with stops_deferred():  # a Ctrl+C from here on stops the run, wherever it comes
             from synthpipe.run import run_pipeline
 
-            return run_pipeline(
+            distiset = run_pipeline(
                 self, parameters=parameters, dataset=dataset, use_cache=use_cache, retry_failed=retry_failed,
                 log_level=log_level,
             )
+            distiset.pipeline = self  # what push_to_hub's card and pipeline.yaml describe
+            return distiset
 
     def dry_run(
         self,
@@ -177,12 +179,14 @@ class Pipeline:
         """Run one batch of ``batch_size`` rows through the whole pipeline, to try it out."""
         from synthpipe.run import run_pipeline
 
-        return run_pipeline(
+        distiset = run_pipeline(
             self,
             parameters=parameters,
             dataset=dataset,
             dry_run_batch_size=batch_size,
         )
+        distiset.pipeline = self
+        return distiset
 
     def estimate(self, sample: int = 10, *, rows: int | None = None,
                  parameters: dict[str, dict[str, Any]] | None = None, dataset: Any = None) -> Any:

@@ -37,6 +37,7 @@ from synthpipe.steps.generators import (
     LoadDataFromFileSystem,
     LoadDataFromHub,
 )
+from synthpipe.steps.hub import PushToHub
 
 __all__ = [
     "CombineOutputs",
@@ -58,6 +59,7 @@ __all__ = [
     "LoadDataFromHub",
     "MergeColumns",
     "MinHashDedup",
+    "PushToHub",
     "RowFailure",
     "RuntimeParameter",
     "Step",
