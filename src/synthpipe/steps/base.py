@@ -222,6 +222,8 @@ class _Step(BaseModel):
             self._pipeline._add_edge(self.name, other.name)
 
     def __rshift__(self, other: Any) -> Any:
+        if getattr(type(other), "_routes_batches", False):  # step >> routing_function >> [...]
+            return NotImplemented
         if isinstance(other, (list, tuple)):
             self.connect(*other)
             return other
