@@ -56,5 +56,7 @@ def build(calls: str = "", delay: float = 0.01, group_name: str = "branches") ->
 
 
 if __name__ == "__main__":
-    build(sys.argv[1]).run()
+    from routing_pipeline import build as imported  # its classes, not __main__'s: the same store as the tests'
+
+    imported(sys.argv[1]).run()
     print("RUN FINISHED")

@@ -72,13 +72,15 @@ class Routing:
                 "use_cache=False"), step=name, batch=seq))
         if not rows:
             return ()  # nothing to route: no step waits for this batch
-        where = {"step": name, "batch": seq, "phase": f"routing function '{router.name}'", "retryable": False}
+        where = {"step": name, "batch": seq, "phase": f"routing function '{router.name}'"}
         try:
             return tuple(router.choose(list(st.spec.successors)))
         except RoutingError as exc:
-            raise RoutingFailed(ErrorRecord.from_diagnosis(exc, **where)) from None
+            record = ErrorRecord.from_diagnosis(exc, **where)
         except Exception as exc:
-            raise RoutingFailed(ErrorRecord.from_exception(trim_internal_frames(exc, _PACKAGE_DIR), **where)) from None
+            record = ErrorRecord.from_exception(trim_internal_frames(exc, _PACKAGE_DIR), **where)
+        record.retryable = False
+        raise RoutingFailed(record)
 
     def _routing_failed(self, failure: RoutingFailed) -> list[Action]:
         return self._fail(failure.record)  # type: ignore[attr-defined]
