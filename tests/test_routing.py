@@ -325,3 +325,18 @@ def test_a_routing_function_without_an_import_path_is_refused_at_save_time(tmp_p
         with pytest.raises(PipelineFileError, match=f"routing function of step 'gen'.*{why}.*sample_n_steps"):
             pipeline.save(tmp_path / "p.yaml")
         assert not (tmp_path / "p.yaml").exists()
+
+
+def test_the_routed_example_runs_offline_from_a_shell(tmp_path):
+    root = TESTS_DIR.parent
+    env = {**os.environ, "PYTHONPATH": python_path(root / "src"), "SYNTHPIPE_CACHE_DIR": str(tmp_path),
+           "SYNTHPIPE_PROGRESS": "0"}
+    done = subprocess.run([sys.executable, str(root / "examples" / "routed_pipeline.py")], capture_output=True,
+                          text=True, timeout=200, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answered = [line for line in done.stdout.splitlines() if "answered by" in line]
+    assert len(answered) == 12
+    for line in answered:  # two different generators per instruction, in pipeline order
+        models = line.split("answered by ")[1]
+        assert models in ("['offline-a', 'offline-b']", "['offline-a', 'offline-c']", "['offline-b', 'offline-c']")
+    assert "answers per model:" in done.stdout
