@@ -340,3 +340,88 @@ def test_the_routed_example_runs_offline_from_a_shell(tmp_path):
         models = line.split("answered by ")[1]
         assert models in ("['offline-a', 'offline-b']", "['offline-a', 'offline-c']", "['offline-b', 'offline-c']")
     assert "answers per model:" in done.stdout
+
+
+# -- the scheduler alone (pure: every routing case is a fast unit test) ---------------------
+
+
+class _SeededRouter:
+    """Two of the steps, from a seeded generator; counts its calls."""
+
+    name = "seeded"
+
+    def __init__(self, seed: int) -> None:
+        import random
+
+        self.rng, self.calls = random.Random(seed), 0
+
+    def choose(self, steps):
+        self.calls += 1
+        picked = self.rng.sample(list(steps), self.rng.choice([1, 2, 2, 3]))
+        return [s for s in steps if s in picked]
+
+
+def _routed_specs():
+    from fake_executor import gen, step
+
+    return [
+        gen("gen", ("pre",), batch_size=7),
+        step("pre", ("gen",), ("a", "b", "c"), batch_size=5, replicas=2),
+        step("a", ("pre",), ("conv",), batch_size=3, replicas=2),
+        step("b", ("pre",), ("conv",), batch_size=4),
+        step("c", ("pre",), ("conv",), batch_size=11, replicas=3),
+        step("conv", ("a", "b", "c"), (), batch_size=2),
+    ]
+
+
+def _check_convergence(ex, n: int, resumed: bool = False) -> None:
+    """Each conv batch is one routed batch of pre: one input per chosen branch, rows in order;
+    a branch sees exactly the rows routed to it (after a resume: no others)."""
+    decided = {seq: p.routed_to for seq, p in ex.persisted["pre"].items()}
+    pre_rows = {seq: [r["i"] for r in p.rows] for seq, p in ex.persisted["pre"].items()}
+    conv = sorted(ex.dispatched["conv"], key=lambda b: b.seq)
+    assert len(conv) + len(ex.replayed["conv"]) == len(pre_rows)
+    for batch in conv:
+        seq = batch.origins[0][0]
+        assert len(batch.inputs) == len(decided[seq])
+        for rows in batch.inputs:
+            assert [r["i"] for r in rows] == pre_rows[seq]
+    for branch in ("a", "b", "c"):
+        routed = [i for seq in sorted(pre_rows) if branch in decided[seq] for i in pre_rows[seq]]
+        if resumed:
+            assert set(ex.processed[branch]) <= set(routed)
+        else:
+            assert sorted(ex.processed[branch]) == routed
+    assert ex.emitted_i("conv") == list(range(n))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_scheduler_routes_and_converges_whatever_order_workers_finish_in(seed):
+    from fake_executor import FakeExecutor, rows_of
+
+    router = _SeededRouter(seed)
+    ex = FakeExecutor(_routed_specs(), {"gen": rows_of(61)}, seed=seed, fifo=seed % 2 == 0,
+                      routers={"pre": router}).run()
+    assert ex.finished == 1 and not ex.fails
+    assert router.calls == len(ex.persisted["pre"]) == 13
+    _check_convergence(ex, 61)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_scheduler_resume_replays_stored_decisions_without_asking_the_router(seed):
+    from fake_executor import FakeExecutor, after, rows_of
+
+    first = FakeExecutor(_routed_specs(), {"gen": rows_of(61)}, seed=seed, routers={"pre": _SeededRouter(seed)},
+                         hooks=[(after(20 + 3 * seed), FakeExecutor.abandon)]).run()
+    stored = first.persisted_store()
+    router = _SeededRouter(seed + 100)
+    second = FakeExecutor(_routed_specs(), {"gen": rows_of(61)}, seed=seed, stored=stored,
+                          routers={"pre": router}).run()
+    assert second.finished == 1 and not second.fails
+    kept = stored.get("pre", {})
+    assert 0 < len(kept) < 13  # killed midway
+    assert router.calls == 13 - len(kept)  # only batches never stored are routed
+    for seq in kept:
+        assert second.persisted["pre"].get(seq) is None  # replayed, not stored again
+        second.persisted["pre"][seq] = first.persisted["pre"][seq]  # for the check below
+    _check_convergence(second, 61, resumed=True)

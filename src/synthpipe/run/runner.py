@@ -199,9 +199,15 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     )
     accounting = Accounting(plan, pipeline.name, store.root, run_dir.path, durable,
                             getattr(pipeline, "prices", None), getattr(pipeline, "max_budget", None))
-    progress = LiveProgress(scheduler.stats(), accounting.tally,
-                            expected_rows(plan.order, {n: plan.step(n) for n in plan.order},
-                                          {n: plan.dag.predecessors(n) for n in plan.order}),
+    expected = expected_rows(plan.order, {n: plan.step(n) for n in plan.order},
+                             {n: plan.dag.predecessors(n) for n in plan.order})
+    for routed in plan.routing:  # how many rows take each branch is the routing function's to say
+        for name in plan.dag.successors(routed):
+            expected.pop(name, None)
+            for below in plan.order:
+                if name in plan.dag.ancestors(below):
+                    expected.pop(below, None)
+    progress = LiveProgress(scheduler.stats(), accounting.tally, expected,
                             activity=accounting.llm_activity)
     warned: set[tuple[str | None, str]] = set()
     responses = ResponseLog(store.responses_folder)
