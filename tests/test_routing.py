@@ -223,7 +223,8 @@ def _stored_batches(cache: Path) -> int:
     return journals[0].read_text().count('"t":"batch"') if journals else 0
 
 
-def _run_program(cache: Path, calls: Path, kill_at_batches: int | None) -> tuple[bool, str]:
+def _run_program(cache: Path, calls: Path, kill_at_batches: int | None,
+                 signum: int = signal.SIGKILL) -> tuple[bool, str]:
     env = {**os.environ, "PYTHONPATH": python_path(TESTS_DIR), "SYNTHPIPE_CACHE_DIR": str(cache),
            "SYNTHPIPE_PROGRESS": "0"}
     before = _stored_batches(cache)
@@ -233,7 +234,7 @@ def _run_program(cache: Path, calls: Path, kill_at_batches: int | None) -> tuple
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:
             if _stored_batches(cache) - before >= kill_at_batches:
-                proc.send_signal(signal.SIGKILL)
+                proc.send_signal(signum)
                 break
             time.sleep(0.01)
     try:
@@ -245,16 +246,19 @@ def _run_program(cache: Path, calls: Path, kill_at_batches: int | None) -> tuple
     return "RUN FINISHED" in out, err
 
 
-@pytest.mark.parametrize("kills", [(5, 30, 20), (0, 12, 45)], ids=["early-and-late", "at-start"])
-def test_sigkill_and_resume_routes_every_stored_batch_as_before(tmp_path, monkeypatch, kills):
+@pytest.mark.parametrize("signum, kills", [(signal.SIGKILL, (5, 30, 20)), (signal.SIGKILL, (0, 12, 45)),
+                                           (signal.SIGINT, (8, 25))], ids=["SIGKILL-early-and-late",
+                                                                          "SIGKILL-at-start", "SIGINT"])
+def test_kill_and_resume_routes_every_stored_batch_as_before(tmp_path, monkeypatch, signum, kills):
     cache, calls = tmp_path / "cache", tmp_path / "calls"
     interruptions = 0
     for kill_at in [*kills, None, None]:
-        finished, err = _run_program(cache, calls, kill_at)
+        finished, err = _run_program(cache, calls, kill_at, signum)
         if finished:
             break
         interruptions += 1
-        # a killed run leaves its worker processes to notice and exit on their own
+        if signum == signal.SIGINT and "already finished" not in err:
+            assert "kept what finished" in err and "Run the same pipeline again to resume" in err, err
     else:
         raise AssertionError("the pipeline never finished")
     assert interruptions >= 2, "the kills came too late to test anything; adjust them"

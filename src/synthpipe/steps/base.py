@@ -259,7 +259,8 @@ class Step(_Step):
     """Transforms batches of rows: ``process(inputs)`` yields the rows to pass on.
 
     A step with several predecessors receives one list per predecessor,
-    ``process(*inputs)``, aligned by the generator batch the rows came from.
+    ``process(*inputs)``, aligned by the generator batch the rows came from (after a routing
+    batch function: one list per branch the routed batch went to, see ``pipeline.routing``).
     """
 
     input_batch_size: RuntimeParameter[int] = Field(default=50, ge=1)
