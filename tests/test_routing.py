@@ -429,3 +429,31 @@ def test_scheduler_resume_replays_stored_decisions_without_asking_the_router(see
         assert second.persisted["pre"].get(seq) is None  # replayed, not stored again
         second.persisted["pre"][seq] = first.persisted["pre"][seq]  # for the check below
     _check_convergence(second, 61, resumed=True)
+
+
+def test_scheduler_routes_a_global_steps_single_batch_and_a_chain_inside_a_branch():
+    from fake_executor import FakeExecutor, gen, glob, rows_of, step
+
+    class Second:
+        name = "second"
+        calls = 0
+
+        def choose(self, steps):
+            Second.calls += 1
+            return [steps[1], steps[2]]
+
+    specs = [
+        gen("gen", ("all",), batch_size=4),
+        glob("all", ("gen",), ("a", "b", "c")),
+        step("a", ("all",), ("conv",), batch_size=3),
+        step("b", ("all",), ("b2",), batch_size=3),
+        step("b2", ("b",), ("conv",), batch_size=7),
+        step("c", ("all",), ("conv",), batch_size=5),
+        step("conv", ("a", "b2", "c"), (), batch_size=2),
+    ]
+    ex = FakeExecutor(specs, {"gen": rows_of(10)}, routers={"all": Second()}).run()
+    assert ex.finished == 1 and not ex.fails and Second.calls == 1
+    assert not ex.processed["a"] and sorted(ex.processed["b2"]) == list(range(10))
+    (batch,) = ex.dispatched["conv"]
+    assert [[r["i"] for r in rows] for rows in batch.inputs] == [list(range(10))] * 2  # b's chain, then c
+    assert ex.emitted_i("conv") == list(range(10))
