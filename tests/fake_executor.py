@@ -187,6 +187,7 @@ class FakeExecutor:
         stored: Stored | None = None,
         missing: set[tuple[str, int]] | None = None,
         replay_at_once: bool = False,
+        routers: dict[str, Any] | None = None,
     ) -> None:
         self.specs = {s.name: s for s in specs}
         self.stored = stored or {}  # what an earlier run persisted
@@ -197,10 +198,12 @@ class FakeExecutor:
             max_rows_in_flight=max_rows_in_flight,
             worker_capacity=worker_capacity,
             stored={
-                name: {seq: StoredOutput(len(e[0]), e[2] if len(e) > 2 else None, failed_at=e[3] if len(e) > 3 else ())
+                name: {seq: StoredOutput(len(e[0]), e[2] if len(e) > 2 else None, failed_at=e[3] if len(e) > 3 else (),
+                                         routed_to=e[4] if len(e) > 4 else None)
                        for seq, e in seqs.items()}
                 for name, seqs in self.stored.items()
             },
+            routers=routers,
         )
         self.data = data or {}
         self.fns = fns or {}
@@ -275,7 +278,8 @@ class FakeExecutor:
     def persisted_store(self) -> Stored:
         """What a resumed run finds in the store: every batch persisted by this run."""
         return {
-            name: {seq: ([dict(r) for r in p.rows], p.last, p.inputs, p.failed_at) for seq, p in seqs.items()}
+            name: {seq: ([dict(r) for r in p.rows], p.last, p.inputs, p.failed_at, p.routed_to)
+                   for seq, p in seqs.items()}
             for name, seqs in self.persisted.items()
         }
 

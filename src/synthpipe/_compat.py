@@ -163,8 +163,6 @@ _TASKS: dict[str, str | No] = {
 
 _PIPELINE: dict[str, str | No] = {
     "RayPipeline": No("running on Ray is not supported yet; Pipeline runs every step in local processes"),
-    "routing_batch_function": No("routing batch functions are not supported yet"),
-    "sample_n_steps": No("routing batch functions (sample_n_steps) are not supported yet"),
     "InstructionResponsePipeline": No("pipeline templates are not supported yet; build the pipeline with "
                                       "a generator step >> TextGeneration"),
     "DatasetInstructionResponsePipeline": No("pipeline templates are not supported yet; build the pipeline "

@@ -157,6 +157,8 @@ class ErrorRecord:
             parts.append("in load()")
         elif self.phase == "import":
             parts.append("while importing the script")
+        elif self.phase.startswith("routing function"):
+            parts.append(self.phase)
         if self.batch is not None:
             parts.append(f"batch {self.batch}")
         if self.rows is not None:
@@ -225,6 +227,10 @@ class StepOutputError(SynthpipeError, TypeError):
 
 class StepTimeout(SynthpipeError):
     """A batch ran longer than its step's ``timeout``; its worker was killed."""
+
+
+class RoutingError(SynthpipeError):
+    """A routing batch function gave an answer that routes a batch nowhere it can go."""
 
 
 class TooManyFailedRows(SynthpipeError):

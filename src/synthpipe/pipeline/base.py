@@ -14,6 +14,7 @@ from synthpipe.pipeline.dag import DAG
 
 if TYPE_CHECKING:
     from synthpipe.distiset import Distiset
+    from synthpipe.pipeline.routing import RoutingBatchFunction
     from synthpipe.steps.base import _Step
 
 _current: contextvars.ContextVar[Pipeline | None] = contextvars.ContextVar(
@@ -55,6 +56,7 @@ class Pipeline:
         self.prices = prices  # {model: {"input": X, "output": Y}} per million tokens, or a YAML/JSON file of it
         self.max_budget = max_budget  # money, {"cost": X} or {"tokens": N}: the run stops before passing it
         self.dag = DAG()
+        self.routing: dict[str, RoutingBatchFunction] = {}  # step name -> what routes its batches
         self._tokens: list[contextvars.Token[Pipeline | None]] = []
 
     def __enter__(self) -> Pipeline:

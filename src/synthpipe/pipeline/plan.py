@@ -7,7 +7,7 @@ are reported together in one ``PipelineValidationError``.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -29,6 +29,7 @@ class Plan:
     dag: DAG
     order: list[str]
     domains: dict[str, str]
+    routing: dict[str, Any] = field(default_factory=dict)  # step -> its RoutingBatchFunction
 
     def step(self, name: str) -> _Step:
         return self.dag.nodes[name]
@@ -83,12 +84,15 @@ def build_plan(
             problems + [f"the steps form a cycle: {' >> '.join(cycle)}"]
         )
     order = dag.topological_order()
+    routing = dict(getattr(pipeline, "routing", {}))
+    for name, route in routing.items():
+        problems.extend(route.problems(dag.successors(name)))
     _check_kinds(dag, problems)
-    domains = _origin_domains(dag, order, problems)
+    domains = _origin_domains(dag, order, problems, set(routing))
     _check_columns(dag, order, problems)
     if problems:
         raise PipelineValidationError(problems)
-    return Plan(dag=dag, order=order, domains=domains)
+    return Plan(dag=dag, order=order, domains=domains, routing=routing)
 
 
 def _add_dataset_generator(dag: DAG, dataset: Any, problems: list[str]) -> None:
@@ -183,10 +187,11 @@ def _check_kinds(dag: DAG, problems: list[str]) -> None:
                 )
 
 
-def _origin_domains(dag: DAG, order: list[str], problems: list[str]) -> dict[str, str]:
-    """Which generator or global step the rows of each step are counted from.
+def _origin_domains(dag: DAG, order: list[str], problems: list[str], routed: set[str] = frozenset()) -> dict[str, str]:
+    """Which generator, global or routing step the rows of each step are counted from.
 
-    Branches can only be joined (aligned row by row) when they share that origin.
+    Branches can only be joined (aligned row by row) when they share that origin. A routing
+    step counts its output batches afresh: the steps joining its branches align by them.
     """
     domains: dict[str, str] = {}
     for name in order:
@@ -200,9 +205,9 @@ def _origin_domains(dag: DAG, order: list[str], problems: list[str]) -> dict[str
             problems.append(
                 f"step '{name}' joins branches that start from different sources "
                 f"({', '.join(sorted(upstream))}); joined branches must come from one generator "
-                "(or put a global step before the join)"
+                "or one routing step (or put a global step before the join)"
             )
-        domains[name] = sorted(upstream)[0]
+        domains[name] = name if name in routed else sorted(upstream)[0]
     return domains
 
 

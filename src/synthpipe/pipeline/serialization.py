@@ -70,6 +70,8 @@ def dump_pipeline(pipeline: Pipeline) -> dict[str, Any]:
     body.update({field: getattr(pipeline, field) for field in OPTIONAL_FIELDS if getattr(pipeline, field, None)})
     body["steps"] = steps
     body["connections"] = [{"from": src, "to": dst} for src, dst in pipeline.dag.edges()]
+    if pipeline.routing:  # sample_n_steps by its n, another function by its import path
+        body["routing"] = [route.dump() for route in pipeline.routing.values()]
     return {FORMAT_KEY: FORMAT_VERSION, "synthpipe_version": __version__, "pipeline": body}
 
 
@@ -269,6 +271,13 @@ def pipeline_from_dict(cls: type[Pipeline], data: Any, allow_custom: AllowCustom
             pipeline._add_edge(edge["from"], edge["to"])
         except PipelineDefinitionError as exc:
             raise PipelineFileError(f"{source}: {exc}") from None
+    routing = body.get("routing") or []
+    if not isinstance(routing, list):
+        raise PipelineFileError(f"{source}: 'pipeline.routing' must be a list of {{step, function}}")
+    from synthpipe.pipeline.routing import routing_from_data
+
+    for entry in routing:
+        routing_from_data(pipeline, entry, lambda path, where: resolve_class(path, allowed, None, where), source)
     return pipeline
 
 
@@ -339,23 +348,27 @@ def _decode(value: Any, where: str, allowed: Callable[[str], bool]) -> Any:
     return {k: _decode(v, f"{where}.{k}", allowed) for k, v in value.items()}
 
 
-def resolve_class(path: Any, allowed: Callable[[str], bool], base: type, where: str) -> type:
+def resolve_class(path: Any, allowed: Callable[[str], bool], base: type | None, where: str) -> Any:
     """The class at ``module:qualname``, imported only when its module is allowed, and only
-    if it is a subclass of ``base``."""
+    if it is a subclass of ``base`` (``base=None``: any object there, such as a function)."""
     if not isinstance(path, str) or path.count(":") != 1:
-        raise PipelineFileError(f"{where}: class {path!r} must be written 'package.module:ClassName'")
+        raise PipelineFileError(f"{where}: {'class ' if base else ''}{path!r} must be written "
+                                f"'package.module:{'ClassName' if base else 'name'}'")
     module, qualname = path.split(":")
     if not allowed(module):
         top = module.split(".")[0]
         raise PipelineFileError(
-            f"{where}: class {path} comes from outside synthpipe, and loading it would run that module's code. "
+            f"{where}: {'class ' if base else ''}{path} comes from outside synthpipe, and loading it would run "
+            "that module's code. "
             f"If you trust this file, load it with allow_custom=['{top}'] (or allow_custom=True)")
     try:
         found = _lookup(module, qualname)
     except ImportError as exc:
         raise PipelineFileError(f"{where}: module {module} of class {path} cannot be imported: {exc}") from None
     except AttributeError:
-        raise PipelineFileError(f"{where}: module {module} has no class {qualname}") from None
+        raise PipelineFileError(f"{where}: module {module} has no {'class ' if base else ''}{qualname}") from None
+    if base is None:
+        return found
     if not (isinstance(found, type) and issubclass(found, base)):
         kind = {BaseModel: "pydantic model class", object: "class"}.get(base, "step class")
         raise PipelineFileError(f"{where}: {path} is not a {kind}")

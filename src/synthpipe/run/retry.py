@@ -94,7 +94,8 @@ def retry_plan(plan: Plan, step: str, pending: list[dict[str, Any]], attempt: in
             for pred in plan.dag.predecessors(node):
                 dag.add_edge(pred, node)
     order = dag.topological_order()
-    return Plan(dag=dag, order=order, domains=dict.fromkeys(order, name))
+    routing = {n: r for n, r in plan.routing.items() if n in keep}  # retried rows are routed afresh
+    return Plan(dag=dag, order=order, domains=dict.fromkeys(order, name), routing=routing)
 
 
 def retry_failed_rows(
@@ -133,7 +134,8 @@ def retry_failed_rows(
         if not pending:
             continue
         sub = retry_plan(plan, step, pending, attempt)
-        sub_signatures = plan_signatures(sub.order, sub.dag.nodes, {n: sub.dag.predecessors(n) for n in sub.order})
+        sub_signatures = plan_signatures(sub.order, sub.dag.nodes, {n: sub.dag.predecessors(n) for n in sub.order},
+                                         {n: r.signature_form() for n, r in sub.routing.items()})
         say(f"synthpipe: retry_failed: {len(pending)} failed row(s) of step '{step}' run again (attempt {attempt}) "
             "through " + ", ".join(repr(n) for n in sub.order[1:]))
         if store.completed_run(combined_signature(sub_signatures)) is None:

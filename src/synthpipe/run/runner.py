@@ -99,7 +99,8 @@ def run_pipeline(
 ) -> Distiset:
     level = level_from_env(log_level)
     plan = build_plan(pipeline, parameters, dataset, dry_run_batch_size)
-    signatures = plan_signatures(plan.order, plan.dag.nodes, {n: plan.dag.predecessors(n) for n in plan.order})
+    signatures = plan_signatures(plan.order, plan.dag.nodes, {n: plan.dag.predecessors(n) for n in plan.order},
+                                 {n: r.signature_form() for n, r in plan.routing.items()})
     store = PipelineStore.for_pipeline(pipeline.cache_dir, pipeline.name, structure_signature(_describe(plan)))
     store.lock()
     try:
@@ -191,14 +192,22 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     scheduler = Scheduler(
         step_specs(plan, dry_run=not durable, budgeted=getattr(pipeline, "max_budget", None) is not None),
         max_rows_in_flight=pipeline.max_rows_in_flight,
-        stored={step: {seq: StoredOutput(b.rows, b.inputs, b.failed, tuple(b.failed_at or ()), b.sources)
+        stored={step: {seq: StoredOutput(b.rows, b.inputs, b.failed, tuple(b.failed_at or ()), b.sources,
+                                         b.routed_to)
                        for seq, b in batches.items()} for step, batches in stored.items()},
+        routers=plan.routing,
     )
     accounting = Accounting(plan, pipeline.name, store.root, run_dir.path, durable,
                             getattr(pipeline, "prices", None), getattr(pipeline, "max_budget", None))
-    progress = LiveProgress(scheduler.stats(), accounting.tally,
-                            expected_rows(plan.order, {n: plan.step(n) for n in plan.order},
-                                          {n: plan.dag.predecessors(n) for n in plan.order}),
+    expected = expected_rows(plan.order, {n: plan.step(n) for n in plan.order},
+                             {n: plan.dag.predecessors(n) for n in plan.order})
+    for routed in plan.routing:  # how many rows take each branch is the routing function's to say
+        for name in plan.dag.successors(routed):
+            expected.pop(name, None)
+            for below in plan.order:
+                if name in plan.dag.ancestors(below):
+                    expected.pop(below, None)
+    progress = LiveProgress(scheduler.stats(), accounting.tally, expected,
                             activity=accounting.llm_activity)
     warned: set[tuple[str | None, str]] = set()
     responses = ResponseLog(store.responses_folder)
@@ -218,7 +227,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
         if durable:
             store.persist(action.step, signatures[action.step], action.seq, data or batch_format.encode(action.rows),
                           len(action.rows), action.last,
-                          action.failed, run_id, action.inputs, action.failed_at, action.sources)
+                          action.failed, run_id, action.inputs, action.failed_at, action.sources, action.routed_to)
 
     def replay(step: str, seq: int) -> tuple[list[dict[str, Any]], bool]:
         batch = stored[step][seq]

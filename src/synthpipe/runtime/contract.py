@@ -123,6 +123,7 @@ class Persist:
     inputs: int = 0  # rows that went into the batch (none for a generator)
     failed_at: tuple[int, ...] = ()  # positions of the failed rows among the batch's inputs
     sources: tuple[int, ...] | None = None  # per output row, the input it came from (when the step said)
+    routed_to: tuple[str, ...] | None = None  # a routing step's decision: the successors that get it
 
 
 @dataclass

@@ -222,6 +222,8 @@ class _Step(BaseModel):
             self._pipeline._add_edge(self.name, other.name)
 
     def __rshift__(self, other: Any) -> Any:
+        if getattr(type(other), "_routes_batches", False):  # step >> routing_function >> [...]
+            return NotImplemented
         if isinstance(other, (list, tuple)):
             self.connect(*other)
             return other
@@ -257,7 +259,8 @@ class Step(_Step):
     """Transforms batches of rows: ``process(inputs)`` yields the rows to pass on.
 
     A step with several predecessors receives one list per predecessor,
-    ``process(*inputs)``, aligned by the generator batch the rows came from.
+    ``process(*inputs)``, aligned by the generator batch the rows came from (after a routing
+    batch function: one list per branch the routed batch went to, see ``pipeline.routing``).
     """
 
     input_batch_size: RuntimeParameter[int] = Field(default=50, ge=1)

@@ -50,6 +50,7 @@ class StoredBatch:
     crc: int | None = None  # of the stored bytes: finds data overwritten after a power cut
     failed_at: tuple[int, ...] = ()  # positions of the failed rows among the inputs
     sources: tuple[int, ...] | None = None  # per output row, the input it came from (where known)
+    routed_to: tuple[str, ...] | None = None  # a routing step's decision: the successors that got it
 
 
 class PipelineStore:
@@ -190,6 +191,7 @@ class PipelineStore:
                         str(record.get("run", "")), record.get("in"), record.get("crc"),
                         tuple(int(i) for i in record.get("fa", ())),
                         tuple(int(i) for i in record["src"]) if "src" in record else None,
+                        tuple(str(s) for s in record["route"]) if "route" in record else None,
                     )
                 elif kind == "invalidate":
                     found.pop(key, None)
@@ -252,7 +254,7 @@ class PipelineStore:
 
     def persist(self, step: str, signature: str, seq: int, data: bytes, rows: int, last: bool,
                 failed: int, run: str, inputs: int = 0, failed_at: tuple[int, ...] = (),
-                sources: tuple[int, ...] | None = None) -> None:
+                sources: tuple[int, ...] | None = None, routed_to: tuple[str, ...] | None = None) -> None:
         """Store a finished batch, then journal it (at the next ``flush``, after its bytes): the
         record never points to missing data (and one whose bytes a power cut lost is found out
         by its size and ignored)."""
@@ -265,6 +267,8 @@ class PipelineStore:
             record["fa"] = list(failed_at)
         if sources is not None and list(sources) != [i for i in range(inputs) if i not in set(failed_at)]:
             record["src"] = list(sources)  # only where rows do not simply follow their inputs
+        if routed_to is not None:  # a routing step's decision, durable with the batch it routes
+            record["route"] = list(routed_to)
         self._pending.append(record)
 
     def record_retry_pass(self, step: str, signature: str, attempt: int) -> None:

@@ -56,11 +56,16 @@ def step_signature(step: Any, predecessor_signatures: list[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def plan_signatures(order: list[str], steps: dict[str, Any], predecessors: dict[str, list[str]]) -> dict[str, str]:
-    """Every step's signature, computed in topological order."""
+def plan_signatures(order: list[str], steps: dict[str, Any], predecessors: dict[str, list[str]],
+                    routing: dict[str, str] | None = None) -> dict[str, str]:
+    """Every step's signature, computed in topological order. ``routing``: per routing step,
+    what identifies its routing function (its stored decisions are only good for that one)."""
     signatures: dict[str, str] = {}
     for name in order:
-        signatures[name] = step_signature(steps[name], [signatures[p] for p in predecessors[name]])
+        after = [signatures[p] for p in predecessors[name]]
+        if routing and name in routing:
+            after.append(f"routing {routing[name]}")
+        signatures[name] = step_signature(steps[name], after)
     return signatures
 
 

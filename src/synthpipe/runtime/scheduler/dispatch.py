@@ -19,6 +19,7 @@ from synthpipe.runtime.contract import (
     Replay,
     Row,
 )
+from synthpipe.runtime.scheduler.routing import RoutingFailed
 from synthpipe.runtime.scheduler.state import (
     _Job,
     _Output,
@@ -60,18 +61,26 @@ class Dispatching:
             keys = [key for start in sorted(iso.keys) for key in iso.keys[start]]
             sources = tuple(start + i for start in sorted(iso.sources) for i in iso.sources[start])
             failed_at, ticket, inputs = tuple(sorted(iso.failed_at)), None, iso.size
+        try:
+            routed_to = self._route(st, batch.seq, rows, batch.replay)
+        except RoutingFailed as failure:
+            return self._routing_failed(failure)
         origin = 0 if st.spec.kind == "global" else int(batch.min_origin) if batch.size else 0
+        if routed_to is not None:
+            origin = batch.seq  # a routing step's rows are counted by its batches (see scheduler.routing)
         st.completed[batch.seq] = _Output(rows, [origin] * len(rows), batch.min_origin, fresh=not batch.replay,
-                                          keys=keys)
+                                          keys=keys, routed_to=routed_to)
         st.stats.batches += 1
         if batch.replay:
             return []
         return [Persist(st.spec.name, batch.seq, rows, None if failed else ticket, failed=len(failed_at),
-                        inputs=inputs, failed_at=failed_at, sources=sources)]
+                        inputs=inputs, failed_at=failed_at, sources=sources, routed_to=routed_to)]
 
     def _advance(self) -> list[Action]:
         """Move everything forward as far as it can go; return what to do."""
         actions: list[Action] = []
+        if self.failed is not None:  # e.g. a routing function raised while a batch completed
+            return actions
         progressed = True
         while progressed:
             progressed = False
@@ -113,7 +122,10 @@ class Dispatching:
                 st.rows_released += len(out.rows)
             if not st.spec.successors:
                 actions.append(Emit(st.spec.name, seq, out.rows, out.keys))
+            self._record_decision(st.spec.name, seq, out.routed_to)
             for succ in st.spec.successors:
+                if out.routed_to is not None and succ not in out.routed_to:
+                    continue  # routed elsewhere
                 target = self.states[succ]
                 index = target.spec.predecessors.index(st.spec.name)
                 if out.fresh and target.fresh_at[index] == math.inf:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from synthpipe.errors import ErrorRecord
 from synthpipe.runtime.contract import (
@@ -54,6 +54,7 @@ from synthpipe.runtime.scheduler.dispatch import Dispatching
 from synthpipe.runtime.scheduler.failure import FailurePolicy, _one_row
 from synthpipe.runtime.scheduler.forming import BatchForming, _feeders_of_joins
 from synthpipe.runtime.scheduler.replay import stored_outputs
+from synthpipe.runtime.scheduler.routing import Router, Routing, RoutingFailed
 from synthpipe.runtime.scheduler.state import (
     StepStats,
     StoredOutput,
@@ -62,7 +63,7 @@ from synthpipe.runtime.scheduler.state import (
 )
 
 
-class Scheduler(FailurePolicy, BatchForming, Dispatching):
+class Scheduler(FailurePolicy, BatchForming, Dispatching, Routing):
     """Decides what runs where and when, from events alone."""
 
     def __init__(
@@ -72,9 +73,11 @@ class Scheduler(FailurePolicy, BatchForming, Dispatching):
         max_rows_in_flight: int = 20_000,
         worker_capacity: int = 2,
         stored: dict[str, dict[int, StoredOutput | int]] | None = None,
+        routers: Mapping[str, Router] | None = None,
     ) -> None:
         """``stored``: per step, the batches (seq -> a record, or just its rows out) an earlier
-        run finished (see ``StoredOutput``)."""
+        run finished (see ``StoredOutput``); ``routers``: per routing step, what picks the
+        successors of each of its batches (see ``scheduler.routing``)."""
         self.specs = {s.name: s for s in specs}
         self.order = [s.name for s in specs]  # topological
         self.states = {
@@ -91,7 +94,8 @@ class Scheduler(FailurePolicy, BatchForming, Dispatching):
         }
         self.max_rows_in_flight = max_rows_in_flight
         self.worker_capacity = worker_capacity
-        self.split_at_origin = _feeders_of_joins(self.specs)
+        self._init_routing(routers)
+        self.split_at_origin = _feeders_of_joins(self.specs, set(self.routers))
         self.failed: ErrorRecord | None = None
         self.failed_batch: Batch | None = None
         self.done = False
@@ -163,11 +167,16 @@ class Scheduler(FailurePolicy, BatchForming, Dispatching):
                 return self._advance()  # asked for past the end: nothing there
             if last or (st.spec.max_batches is not None and seq + 1 >= st.spec.max_batches):
                 st.last_seq = seq
-            st.completed[seq] = _Output(rows, [seq] * len(rows), seq, fresh=not replayed)
+            try:
+                routed_to = self._route(st, seq, rows, replayed)
+            except RoutingFailed as failure:
+                return self._routing_failed(failure)
+            st.completed[seq] = _Output(rows, [seq] * len(rows), seq, fresh=not replayed, routed_to=routed_to)
             st.held += len(rows)
             st.stats.rows_out += len(rows)
             st.stats.batches += 1
-            persist: list[Action] = [] if replayed else [Persist(step, seq, rows, ticket, st.last_seq == seq)]
+            persist: list[Action] = [] if replayed else [
+                Persist(step, seq, rows, ticket, st.last_seq == seq, routed_to=routed_to)]
             return [*persist, *self._advance()]
         record = st.stored.get(job.batch.seq) if replayed else None
         if record is not None and record.failed:
@@ -187,6 +196,8 @@ class Scheduler(FailurePolicy, BatchForming, Dispatching):
             st.last_error = failed[-1][1]
         persist = self._complete(st, job.batch, rows, ticket, failed_at=failed_at,
                                  sources=tuple(sources) if sources is not None else None)
+        if self.failed is not None:  # its routing function failed
+            return [*lost, *persist]
         too_many = self._failure_guard(st)
         return [*lost, *persist, *(self._fail(too_many) if too_many is not None else self._advance())]
 

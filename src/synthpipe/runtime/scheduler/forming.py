@@ -27,7 +27,7 @@ class BatchForming:
         st = self.states[name]
         if st.finished:
             mark = math.inf
-        elif st.spec.kind == "generator":
+        elif st.spec.kind == "generator" or name in self.routers:  # origins counted by its own batches
             mark = st.next_release - 1
         elif st.spec.kind == "global":
             mark = -1
@@ -111,13 +111,14 @@ class BatchForming:
 
     def _queue(self, st: _StepState, inputs: list[list[Row]], origins: list[list[int]],
                keys: list[list[int]]) -> None:
-        batch = Batch(st.spec.name, st.next_seq, inputs, origins, st.rows_batched, keys=keys)
-        st.next_seq += 1
-        st.rows_batched += len(inputs[0]) if inputs else 0
         same_as_stored = True  # every row of it came from stored outputs upstream
         for i, rows in enumerate(inputs):
             st.consumed[i] += len(rows)
             same_as_stored &= st.consumed[i] <= st.fresh_at[i]
+        inputs, origins, keys = self._converge(st, inputs, origins, keys)
+        batch = Batch(st.spec.name, st.next_seq, inputs, origins, st.rows_batched, keys=keys)
+        st.next_seq += 1
+        st.rows_batched += len(inputs[0]) if inputs else 0
         if same_as_stored and is_stored(st, batch):
             batch.replay = True
             st.replays.append(batch)
@@ -125,14 +126,15 @@ class BatchForming:
             st.ready.append(batch)
 
 
-def _feeders_of_joins(specs: dict[str, StepSpec]) -> set[str]:
-    """Steps whose rows reach a join without passing a global step: they must keep origins exact."""
+def _feeders_of_joins(specs: dict[str, StepSpec], routing: set[str] = frozenset()) -> set[str]:
+    """Steps whose rows reach a join without passing a global or routing step: they must keep
+    origins exact (a routing step's rows take its batches as origins)."""
     feeders: set[str] = set()
     todo = [p for s in specs.values() if s.kind == "normal" and len(s.predecessors) > 1 for p in s.predecessors]
     while todo:
         name = todo.pop()
         spec = specs[name]
-        if name in feeders or spec.kind != "normal":
+        if name in feeders or spec.kind != "normal" or name in routing:
             continue
         feeders.add(name)
         todo.extend(spec.predecessors)

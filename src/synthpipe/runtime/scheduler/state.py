@@ -28,6 +28,7 @@ class StoredOutput:
     failed: int = 0
     failed_at: tuple[int, ...] = ()
     sources: tuple[int, ...] | None = None
+    routed_to: tuple[str, ...] | None = None  # routing steps: the successors the batch went to
 
 
 @dataclass
@@ -48,6 +49,7 @@ class _Output:
     min_origin: float
     fresh: bool = True  # computed in this run (not replayed)
     keys: list[int] = field(default_factory=list)
+    routed_to: tuple[str, ...] | None = None  # routing steps: the successors that get it (None: all)
 
 
 @dataclass
