@@ -4,8 +4,8 @@ each: its load() and unload() (with the time and its pid) and every row it proce
 can tell when each stage's workers lived and that no row was computed twice.
 
 MODE: ``groups`` ([[gen, a], [b, c], [d]]), ``sequential``, ``crash`` (groups, and "c" kills its
-worker with os._exit once, on the batch holding row 13), ``slow`` (groups, slow batches: for
-signals)."""
+worker with os._exit once, on the batch holding row 13), ``crash_always`` (every time), ``slow``
+(groups, slow batches: for signals)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,27 @@ def record(log: str, **event: object) -> None:
         os.close(fd)
 
 
+def live_pids(log: str) -> list[int]:
+    """The pids in LOG (of workers loaded so far) still running: not ended, not a zombie."""
+    if not os.path.exists(log):
+        return []
+    pids = {json.loads(line)["pid"] for line in open(log) if line.strip()} - {os.getpid()}
+    alive = []
+    for pid in sorted(pids):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            alive.append(pid)
+    return alive
+
+
+def record_load(log: str, name: str) -> None:
+    record(log, step=name, event="load", alive=live_pids(log))
+
+
 class ProbeGenerator(GeneratorStep):
     log: str = ""
     total: int = 60
@@ -38,7 +59,7 @@ class ProbeGenerator(GeneratorStep):
 
     def load(self) -> None:
         super().load()
-        record(self.log, step=self.name, event="load")
+        record_load(self.log, self.name)
 
     def unload(self) -> None:
         record(self.log, step=self.name, event="unload")
@@ -57,6 +78,7 @@ class Probe(Step):
     log: str = ""
     delay: float = 0.0
     crash_at: int = -1  # os._exit(3) on the batch holding this row, once (a marker file says it happened)
+    crash_always: bool = False
 
     @property
     def inputs(self) -> list[str]:
@@ -68,7 +90,7 @@ class Probe(Step):
 
     def load(self) -> None:
         super().load()
-        record(self.log, step=self.name, event="load")
+        record_load(self.log, self.name)
 
     def unload(self) -> None:
         record(self.log, step=self.name, event="unload")
@@ -76,7 +98,7 @@ class Probe(Step):
     def process(self, inputs: StepInput):
         time.sleep(self.delay)
         marker = f"{self.log}.crashed"
-        if any(row["n"] == self.crash_at for row in inputs) and not os.path.exists(marker):
+        if any(row["n"] == self.crash_at for row in inputs) and (self.crash_always or not os.path.exists(marker)):
             open(marker, "w").close()
             os._exit(3)
         for row in inputs:
@@ -94,7 +116,8 @@ def build(log: str, mode: str = "groups", total: int = 60) -> Pipeline:
         gen = ProbeGenerator(name="gen", log=log, total=total, batch_size=6)
         a = Probe(name="a", log=log, input_batch_size=4)
         b = Probe(name="b", log=log, input_batch_size=5, delay=delay)
-        c = Probe(name="c", log=log, input_batch_size=3, crash_at=13 if mode == "crash" else -1)
+        c = Probe(name="c", log=log, input_batch_size=3, crash_at=13 if mode.startswith("crash") else -1,
+                  crash_always=mode == "crash_always")
         d = Probe(name="d", log=log, input_batch_size=7)
         gen >> a >> [b, c]
         c >> d
