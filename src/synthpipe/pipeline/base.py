@@ -15,6 +15,7 @@ from synthpipe.pipeline.dag import DAG
 if TYPE_CHECKING:
     from synthpipe.distiset import Distiset
     from synthpipe.pipeline.routing import RoutingBatchFunction
+    from synthpipe.pipeline.stages import LoadGroups
     from synthpipe.steps.base import _Step
 
 _current: contextvars.ContextVar[Pipeline | None] = contextvars.ContextVar(
@@ -148,6 +149,7 @@ class Pipeline:
         use_cache: bool = True,
         retry_failed: bool = False,
         log_level: str | None = None,
+        load_groups: LoadGroups | None = None,
     ) -> Distiset:
         """Validate, run every step in worker processes, return the leaf datasets.
 
@@ -158,6 +160,9 @@ class Pipeline:
         ``retry_failed=True`` gives the rows that failed (see ``Distiset.failed_rows``) one more
         try, through the step that failed them and every step after it, and puts what comes
         out back in its place in the result; nothing else is computed again.
+        ``load_groups`` (lists of steps or step names, or ``"sequential_step_execution"``) runs
+        the steps in load stages, one after the other: a stage's workers start only once those
+        of the stage before have finished and exited (see README, "Load stages").
         """
         _refuse_inside_a_worker()
         from synthpipe.run.stops import stops_deferred
@@ -167,7 +172,7 @@ class Pipeline:
 
             distiset = run_pipeline(
                 self, parameters=parameters, dataset=dataset, use_cache=use_cache, retry_failed=retry_failed,
-                log_level=log_level,
+                log_level=log_level, load_groups=load_groups,
             )
             distiset.pipeline = self  # what push_to_hub's card and pipeline.yaml describe
             return distiset

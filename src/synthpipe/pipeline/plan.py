@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from synthpipe.errors import PipelineValidationError
 from synthpipe.pipeline.dag import DAG
+from synthpipe.pipeline.stages import build_stages
 from synthpipe.steps.base import GeneratorStep, _Step
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ class Plan:
     order: list[str]
     domains: dict[str, str]
     routing: dict[str, Any] = field(default_factory=dict)  # step -> its RoutingBatchFunction
+    stages: list[list[str]] | None = None  # load stages, run one after the other (pipeline/stages.py)
 
     def step(self, name: str) -> _Step:
         return self.dag.nodes[name]
@@ -59,6 +61,7 @@ def build_plan(
     parameters: dict[str, dict[str, Any]] | None = None,
     dataset: Any = None,
     dry_run_batch_size: int | None = None,
+    load_groups: Any = None,
 ) -> Plan:
     problems: list[str] = []
     dag = DAG()
@@ -90,9 +93,10 @@ def build_plan(
     _check_kinds(dag, problems)
     domains = _origin_domains(dag, order, problems, set(routing))
     _check_columns(dag, order, problems)
+    stages = build_stages(dag, order, load_groups, problems)
     if problems:
         raise PipelineValidationError(problems)
-    return Plan(dag=dag, order=order, domains=domains, routing=routing)
+    return Plan(dag=dag, order=order, domains=domains, routing=routing, stages=stages)
 
 
 def _add_dataset_generator(dag: DAG, dataset: Any, problems: list[str]) -> None:

@@ -22,6 +22,7 @@ from synthpipe.runtime.contract import Executor, ExecutorHooks
 from synthpipe.runtime.local import LocalExecutor
 from synthpipe.runtime.scheduler import Batch, Persist, Scheduler, StepSpec, StoredOutput
 from synthpipe.runtime.signals import StopSignals
+from synthpipe.runtime.staged import StagedExecutor
 from synthpipe.runtime.worker import STORE_BATCHES
 from synthpipe.store import batch_format
 from synthpipe.store.failed_rows import FailedRowsLedger, read_failed_rows, write_failed_rows
@@ -96,9 +97,10 @@ def run_pipeline(
     retry_failed: bool = False,
     log_level: str | int | None = None,
     dry_run_batch_size: int | None = None,
+    load_groups: Any = None,
 ) -> Distiset:
     level = level_from_env(log_level)
-    plan = build_plan(pipeline, parameters, dataset, dry_run_batch_size)
+    plan = build_plan(pipeline, parameters, dataset, dry_run_batch_size, load_groups)
     signatures = plan_signatures(plan.order, plan.dag.nodes, {n: plan.dag.predecessors(n) for n in plan.order},
                                  {n: r.signature_form() for n, r in plan.routing.items()})
     store = PipelineStore.for_pipeline(pipeline.cache_dir, pipeline.name, structure_signature(_describe(plan)))
@@ -189,14 +191,20 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
                                "further ones only in the log file): %s", step, why)
 
     writer = LeafWriter(run_dir.data_dir, leaves, on_misfit=misfits)
-    scheduler = Scheduler(
-        step_specs(plan, dry_run=not durable, budgeted=getattr(pipeline, "max_budget", None) is not None),
-        max_rows_in_flight=pipeline.max_rows_in_flight,
-        stored={step: {seq: StoredOutput(b.rows, b.inputs, b.failed, tuple(b.failed_at or ()), b.sources,
-                                         b.routed_to)
-                       for seq, b in batches.items()} for step, batches in stored.items()},
-        routers=plan.routing,
-    )
+    specs = step_specs(plan, dry_run=not durable, budgeted=getattr(pipeline, "max_budget", None) is not None)
+    staged: StagedExecutor | None = None
+    if plan.stages is not None and len(plan.stages) > 1 and durable:
+        staged = StagedExecutor(specs, plan.stages, max_rows_in_flight=pipeline.max_rows_in_flight,
+                                stored=lambda: _stored_outputs(_read_again(stored, store, signatures)),
+                                hooks=ExecutorHooks(on_emit=lambda *a: None, on_rows_failed=lambda *a: None),
+                                done=lambda stage: store.stage_done(_stage_batches(stage, stored, store, signatures)),
+                                finished=lambda stage: store.mark_stage_done(
+                                    _stage_batches(stage, stored, store, signatures)),
+                                routers=plan.routing)
+        scheduler: Any = staged
+    else:
+        scheduler = Scheduler(specs, max_rows_in_flight=pipeline.max_rows_in_flight, stored=_stored_outputs(stored),
+                              routers=plan.routing)
     accounting = Accounting(plan, pipeline.name, store.root, run_dir.path, durable,
                             getattr(pipeline, "prices", None), getattr(pipeline, "max_budget", None))
     expected = expected_rows(plan.order, {n: plan.step(n) for n in plan.order},
@@ -264,9 +272,16 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     signals = StopSignals()
     context = ({"responses": str(store.responses_folder), "read_responses": read_responses, STORE_BATCHES: True}
                if durable else {})
-    executor: Executor = LocalExecutor({n: plan.step(n) for n in plan.order}, scheduler, hooks, signals=signals,
-                                       log_level=level, stop_grace_seconds=pipeline.stop_grace_seconds,
-                                       worker_context=context, preload=WORKER_PRELOAD)
+    def local(names: list[str], sched: Scheduler, eager: list[str] | None, with_hooks: ExecutorHooks) -> Executor:
+        return LocalExecutor({n: plan.step(n) for n in names}, sched, with_hooks, signals=signals, log_level=level,
+                             stop_grace_seconds=pipeline.stop_grace_seconds, worker_context=context,
+                             preload=WORKER_PRELOAD, eager=eager)
+
+    if staged is not None:
+        staged.hooks, staged.signals, staged.make_executor = hooks, signals, local
+        executor: Executor = staged
+    else:
+        executor = local(plan.order, scheduler, None, hooks)
     mode = "running" if durable else "dry run of"
     logger.info("synthpipe: %s pipeline '%s' (%d steps); run directory %s%s",
                 mode, pipeline.name, len(plan.order), run_dir.path,
@@ -334,6 +349,28 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     store.mark_complete(combined_signature(signatures), run_id,
                         {leaf: [str(f.relative_to(run_dir.path)) for f in fs] for leaf, fs in files.items()})
     return distiset
+
+
+def _stored_outputs(stored: dict[str, dict[int, Any]]) -> dict[str, dict[int, StoredOutput]]:
+    """What the scheduler needs to know of the stored batches."""
+    return {step: {seq: StoredOutput(b.rows, b.inputs, b.failed, tuple(b.failed_at or ()), b.sources,
+                                     b.routed_to)
+                   for seq, b in batches.items()} for step, batches in stored.items()}
+
+
+def _read_again(stored: dict[str, dict[int, Any]], store: PipelineStore,
+                signatures: dict[str, str]) -> dict[str, dict[int, Any]]:
+    """Before a load stage: the batches the stages before it stored, for it to replay."""
+    stored.clear()
+    stored.update(store.finished_batches(signatures))
+    return stored
+
+
+def _stage_batches(stage: list[str], stored: dict[str, dict[int, Any]], store: PipelineStore,
+                   signatures: dict[str, str]) -> dict[str, tuple[str, int]]:
+    """A load stage's steps, as a stage marker in the store names them: signature, batches stored."""
+    _read_again(stored, store, signatures)
+    return {name: (signatures[name], len(stored.get(name, {}))) for name in stage}
 
 
 def _attach_input_row(exc: BaseException, scheduler: Scheduler) -> None:

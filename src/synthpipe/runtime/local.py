@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -40,6 +41,7 @@ from synthpipe.runtime.contract import Batch, Emit, ExecutorHooks, ExecutorStep 
 from synthpipe.runtime.driver import Driver
 from synthpipe.runtime.signals import StopSignals, start_fork_server
 from synthpipe.runtime.spawn_masked import MaskedSpawnProcess
+from synthpipe.runtime.staged import needs_worker
 from synthpipe.runtime.worker import MAIN_MODULE, worker_main
 
 logger = logging.getLogger("synthpipe.runtime")
@@ -157,9 +159,12 @@ class LocalExecutor(Driver):
         fail_grace_seconds: float = 2.0,
         worker_context: dict[str, Any] | None = None,
         preload: tuple[str, ...] = (),
+        eager: Collection[str] | None = None,
     ) -> None:
         """``worker_context``: what workers may know of the run (``synthpipe.worker_context.context``);
-        ``preload``: modules the fork server imports once, for its workers."""
+        ``preload``: modules the fork server imports once, for its workers; ``eager``: the steps
+        whose workers start at once (None: all); the others start only if work waits for them
+        (a load stage's earlier steps, whose batches the store gives back)."""
         super().__init__(scheduler, hooks)
         self.steps = steps
         self.records = {name: ExecutorStep.of(name, step) for name, step in steps.items()}
@@ -176,6 +181,8 @@ class LocalExecutor(Driver):
         self.workers: dict[tuple[str, int], _Worker] = {}
         self._payloads: dict[str, bytes] = {}
         self._stop_deadline: float | None = None
+        self.eager = None if eager is None else set(eager)
+        self._started: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -226,9 +233,22 @@ class LocalExecutor(Driver):
             ) from None
 
     def _start_workers(self) -> None:
-        for name, record in self.records.items():
-            for replica in range(record.replicas):
-                self._start_worker(name, replica)
+        for name in self.records:
+            if self.eager is None or name in self.eager:
+                self._start_step(name)
+
+    def _start_step(self, name: str) -> None:
+        self._started.add(name)
+        for replica in range(self.records[name].replicas):
+            self._start_worker(name, replica)
+
+    def _start_wanted(self) -> None:
+        """Start the workers of a step not started yet that has work waiting."""
+        if self.eager is not None and not self.scheduler.stopping:
+            for name in self.records:
+                if name not in self._started and needs_worker(self.scheduler, name):
+                    logger.info("synthpipe: step '%s' has work the store could not give back; starting it", name)
+                    self._start_step(name)
 
     def _start_worker(self, name: str, replica: int) -> None:
         """Start one worker with SIGINT blocked, so a Ctrl+C typed while it is still importing
@@ -266,6 +286,7 @@ class LocalExecutor(Driver):
         while outcome is None:
             if self.signals is not None and self.signals.received and self._on_signals():
                 return None
+            self._start_wanted()
             waitables: dict[Any, _Worker | None] = {}
             for worker in self.workers.values():
                 if not worker.exited:

@@ -289,6 +289,18 @@ class PipelineStore:
                     passes.append(done)
         return passes
 
+    def mark_stage_done(self, batches: dict[str, tuple[str, int]]) -> None:
+        """A load stage finished: its steps (name -> (signature, batches stored)) hold all their
+        batches. A later run need not start their workers (``stage_done``)."""
+        self._pending.append({"t": "stage", "steps": {n: list(v) for n, v in batches.items()}})
+        self.flush()
+        self._records = None
+
+    def stage_done(self, batches: dict[str, tuple[str, int]]) -> bool:
+        """A stage of these steps finished, and what it stored is all still there."""
+        wanted = {n: list(v) for n, v in batches.items()}
+        return any(r.get("t") == "stage" and r.get("steps") == wanted for r in self.records())
+
     def mark_complete(self, pipeline_signature: str, run: str, leaves: dict[str, list[str]]) -> None:
         self._pending.append({"t": "complete", "sig": pipeline_signature, "run": run, "leaves": leaves})
         self.flush()
