@@ -457,3 +457,53 @@ def test_scheduler_routes_a_global_steps_single_batch_and_a_chain_inside_a_branc
     (batch,) = ex.dispatched["conv"]
     assert [[r["i"] for r in rows] for rows in batch.inputs] == [list(range(10))] * 2  # b's chain, then c
     assert ex.emitted_i("conv") == list(range(10))
+
+
+# -- routing with load stages ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("groups", [[["group"]], [["a", "b", "c"], ["group"]], "sequential_step_execution"],
+                         ids=["convergence-alone", "branches-then-convergence", "sequential"])
+def test_routed_batches_converge_across_load_stages_without_hanging(tmp_path, monkeypatch, groups):
+    """The convergence step in a stage of its own gets every routed batch from the store, whole
+    and in order (distilabel can wait forever here)."""
+    monkeypatch.setenv("SYNTHPIPE_CACHE_DIR", str(tmp_path / "cache"))
+    calls = tmp_path / "calls"
+    distiset = build(str(calls), delay=0.0).run(load_groups=groups)
+    decisions = _routes(tmp_path / "cache")
+    _check_routed_result(distiset["default"]["train"].to_list(), decisions, _calls(calls))
+    assert _calls(calls)["route"] == ROWS // PRE_BATCH  # routed once, in its own stage; replayed after
+
+
+def test_a_staged_routed_run_resumed_after_sigkill_routes_as_before(tmp_path, monkeypatch):
+    """SIGKILL of the coordinator while the branches' stage runs (the routing step's stage has
+    finished); the resumed run reuses the finished stage and every stored routing decision."""
+    monkeypatch.setenv("SYNTHPIPE_CACHE_DIR", str(tmp_path / "cache"))
+    calls = tmp_path / "calls"
+    groups = [["a", "b", "c"], ["group"]]
+    env = {**os.environ, "PYTHONPATH": python_path(), "SYNTHPIPE_CACHE_DIR": str(tmp_path / "cache")}
+    code = ("import sys, routing_pipeline; p = routing_pipeline.build(sys.argv[1], delay=0.1); "
+            f"p.run(load_groups={groups!r}); print('RUN FINISHED')")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(calls)], cwd=TESTS_DIR, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(line.split(":")[0] in BRANCHES for line in _calls(calls)):
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stdout.read().decode()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    before = _routes(tmp_path / "cache")
+    assert len(before) == ROWS // PRE_BATCH  # the routing stage had finished: every decision stored
+    seen = _calls(calls)
+    distiset = build(str(calls), delay=0.1).run(load_groups=groups)  # the same steps: same signatures
+    after = _calls(calls)
+    assert after["route"] == seen["route"] and _routes(tmp_path / "cache") == before  # nothing routed again
+    assert all(after[k] == seen[k] for k in after if k.startswith(("gen:", "pre:")))  # first stage reused
+    _check_routed_result(distiset["default"]["train"].to_list(), before, after, max_runs=2)

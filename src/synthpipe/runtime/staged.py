@@ -39,6 +39,19 @@ def needs_worker(scheduler: Scheduler, step: str) -> bool:
     return bool(st.ready)
 
 
+class _WholePlanRouter:
+    """A routing step's router as the whole plan sees it: it chooses among all of the step's
+    successors, also those of later stages (its decision is stored; they get the batch then)."""
+
+    def __init__(self, router: Any, successors: tuple[str, ...]) -> None:
+        self.router = router
+        self.name = router.name
+        self.successors = successors
+
+    def choose(self, steps: Sequence[str]) -> list[str]:
+        return self.router.choose(list(self.successors))
+
+
 class StagedExecutor:
     """Runs ``stages`` in order; answers the runner's questions (``stats``, ``jobs_in_flight``,
     ``failed_batch``) as its scheduler would, for the stage running now."""
@@ -100,7 +113,8 @@ class StagedExecutor:
         specs = [replace(self.specs[n], successors=tuple(s for s in self.specs[n].successors if s in members))
                  for n in names]
         scheduler = Scheduler(specs, max_rows_in_flight=self.max_rows_in_flight, stored=dict(self.stored()),
-                              routers={n: r for n, r in self.routers.items() if n in members})
+                              routers={n: _WholePlanRouter(r, self.specs[n].successors)
+                                       for n, r in self.routers.items() if n in members})
         scheduler.split_at_origin = self._feeders & members
         for name in stage:  # the earlier stages' replays are not counted twice
             scheduler.states[name].stats = self._stats[name]
