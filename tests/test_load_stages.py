@@ -254,3 +254,22 @@ def test_stopped_in_the_second_stage_then_resumed_recomputes_nothing(tmp_path, s
     if signum == signal.SIGINT:  # a graceful stop lets the batches in flight finish: not one row twice
         assert set(rows.values()) == {1}
     assert len(rows) == 5 * 60
+
+
+@pytest.mark.timeout(300)
+def test_the_staged_example_runs_offline_from_a_shell_one_model_after_the_other(tmp_path):
+    root = TESTS_DIR.parent
+    env = {**os.environ, "PYTHONPATH": python_path(root / "src"), "SYNTHPIPE_CACHE_DIR": str(tmp_path),
+           "SYNTHPIPE_PROGRESS": "0"}
+    done = subprocess.run([sys.executable, str(root / "examples" / "staged_pipeline.py")], capture_output=True,
+                          text=True, timeout=280, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "load stage 3 of 3: review" in done.stderr
+    assert "8 rows; run directory:" in done.stdout
+    windows = {}
+    for line in done.stdout.splitlines():
+        if "computed its batches from" in line:
+            step, _, _, _, _, start, _, end = line.split()
+            windows[step] = (start, end)
+    assert set(windows) == {"write", "review"}
+    assert windows["write"][1] < windows["review"][0]  # HH:MM:SS.mmm of one day: the review stage came after
