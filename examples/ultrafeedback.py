@@ -6,9 +6,9 @@
 
 The recipe of Cui et al., 2023 (UltraFeedback, arXiv:2310.01377): instructions, several
 models' answers, one judge's 1-5 ratings with rationales per answer ("overall-rating" here;
-``--aspect`` picks helpfulness, honesty, instruction-following or truthfulness). The
-``chosen``/``rejected`` DPO columns come from ``FormatTextGenerationDPO`` once the step library
-has it (marked below); until then the result is the rated dataset.
+``--aspect`` picks helpfulness, honesty, instruction-following or truthfulness), and
+``FormatTextGenerationDPO`` turning them into a DPO dataset: the best-rated answer as
+``chosen``, the worst as ``rejected``, with their ratings and models.
 
 Offline, the endpoint is synthpipe's test server on 127.0.0.1 (see examples/_offline.py): the
 generators echo (B at more length), the judge's ratings are scripted (longer answer, higher rating). Every
@@ -24,7 +24,7 @@ from typing import Any
 
 from synthpipe.models import LLM, OpenAILLM
 from synthpipe.pipeline import Pipeline
-from synthpipe.steps import LoadDataFromDicts, StepInput, step
+from synthpipe.steps import FormatTextGenerationDPO, GroupColumns, LoadDataFromDicts
 from synthpipe.steps.tasks import TextGeneration, UltraFeedback
 
 INSTRUCTIONS = [
@@ -37,24 +37,16 @@ INSTRUCTIONS = [
 ]
 
 
-@step(inputs=["instruction", "generation", "model_name"], outputs=["generations", "generation_models"])
-def CombineGenerations(*branches: StepInput):
-    """One list per generator branch, row by row: their answers side by side."""
-    yield [{"instruction": rows[0]["instruction"], "generations": [r["generation"] for r in rows],
-            "generation_models": [r["model_name"] for r in rows]} for rows in zip(*branches, strict=True)]
-
-
 def build_pipeline(llm_a: LLM, llm_b: LLM, judge: LLM, aspect: str) -> Pipeline:
     with Pipeline(name="ultrafeedback", description="two LLMs answer, UltraFeedback rates") as pipeline:
         load = LoadDataFromDicts(data=[{"instruction": i} for i in INSTRUCTIONS])
         gen_a = TextGeneration(name="generate_a", llm=llm_a, input_batch_size=4)
         gen_b = TextGeneration(name="generate_b", llm=llm_b, input_batch_size=4)
-        combine = CombineGenerations(name="combine")
+        combine = GroupColumns(name="combine", columns=["generation", "model_name"],
+                               output_columns=["generations", "generation_models"])
         rate = UltraFeedback(name="ultrafeedback", llm=judge, aspect=aspect, input_batch_size=4)
-        load >> [gen_a, gen_b] >> combine >> rate
-        # >>> FormatTextGenerationDPO goes here (the lead adds it when the step library has it):
-        # >>>     rate >> FormatTextGenerationDPO(name="format_dpo")
-        # >>> it turns generations + ratings into chosen / rejected (+ their ratings) columns.
+        to_dpo = FormatTextGenerationDPO(name="format_dpo")
+        load >> [gen_a, gen_b] >> combine >> rate >> to_dpo
     return pipeline
 
 
@@ -108,7 +100,9 @@ def main() -> None:
     train = distiset["default"]["train"]
     print(distiset)
     for row in train:
-        print(f"- {row['instruction'][:50]!r}: ratings {row['ratings']} for {row['generation_models']}")
+        print(f"- {row['prompt'][:50]!r}: ratings {row['ratings']} for {row['generation_models']}; "
+              f"chosen {row['chosen_model']} ({row['chosen_rating']}), rejected {row['rejected_model']} "
+              f"({row['rejected_rating']})")
     print(f"{len(distiset.failed_rows)} row(s) failed (kept in the failed-rows ledger with the judge's raw answer)")
     print("run directory:", distiset.run_dir)
 

@@ -312,8 +312,9 @@ def test_several_judgements_per_row_grouped_with_their_statistics(server):
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("recipe, expect", [("ultrafeedback.py", "ratings [3, 5]"),
-                                            ("prometheus_eval.py", "[relative]")])
+@pytest.mark.parametrize("recipe, expect", [
+    ("ultrafeedback.py", "ratings [3, 5] for ['offline-a', 'offline-b']; chosen offline-b (5), rejected offline-a (3)"),
+    ("prometheus_eval.py", "[relative]")])
 def test_the_recipes_run_offline_from_a_shell(tmp_path, recipe, expect):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": python_path(root / "src"), "SYNTHPIPE_CACHE_DIR": str(tmp_path)}
