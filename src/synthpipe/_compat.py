@@ -56,7 +56,6 @@ _ENGINE_ONLY = No("this is part of distilabel's engine, not of a pipeline's defi
                   "counterpart and a pipeline does not need one")
 _STRUCTURED = No("synthpipe asks for structured output on the LLM: set llm.structured_output to a JSON schema, "
                  "a pydantic model class or synthpipe.models.StructuredOutput")
-_LOAD_STAGES = No("load stages (pipeline.run(load_groups=...)) are not supported yet")
 _GPU_PLACEMENT = No("synthpipe has no CUDA placement mixin; set the device on the model (e.g. "
                     "TransformersLLM(device=...)); per-step GPU placement is not supported yet")
 
@@ -124,7 +123,7 @@ _TYPING: dict[str, str | No] = {
     "ImageContent": _NO_IMAGES,
     "ImageUrl": _NO_IMAGES,
     "TextContent": No("message contents are plain strings in synthpipe (text only so far)"),
-    "LoadGroups": _LOAD_STAGES,
+    "LoadGroups": "synthpipe.pipeline.stages:LoadGroups",
     "StepLoadStatus": _ENGINE_ONLY,
     "PipelineRuntimeParametersInfo": _ENGINE_ONLY,
     "DownstreamConnectable": _ENGINE_ONLY,
