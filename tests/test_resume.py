@@ -125,7 +125,9 @@ def test_interrupt_and_resume(tmp_path, reference, signum, seed):
     batches = collections.Counter((r["step"], r["sig"], r["seq"]) for r in _journal(cache) if r["t"] == "batch")
     assert batches and max(batches.values()) == 1, [k for k, v in batches.items() if v > 1]
     forms = _stored_forms(cache)
-    assert forms["b", True] >= 3 and forms["a", False] >= 10, forms  # both forms were stored (and replayed)
+    # both forms were stored (and replayed); how many of b's batches are columnar depends on how soon
+    # its worker's columnar writer is warm, which a loaded machine delays
+    assert forms["b", True] >= 1 and forms["a", False] >= 10, forms
     # Each row went through each step at least once, and again only if it was in flight at an
     # interruption (at most once per interruption).
     counted = _calls(calls)
