@@ -26,7 +26,7 @@ def first_occurrences(links: list[tuple[list[int], list[float]]], threshold: flo
     n = len(links)
     duplicate_of: list[set[int]] = [set() for _ in range(n)]
     for i, (positions, scores) in enumerate(links):
-        for j, score in zip(positions, scores):
+        for j, score in zip(positions, scores, strict=True):
             if score > threshold and j != i:
                 duplicate_of[i].add(j)
                 duplicate_of[j].add(i)

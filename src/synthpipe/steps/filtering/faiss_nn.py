@@ -95,7 +95,7 @@ class FaissNearestNeighbour(GlobalStep):
         batch = int(self.search_batch_size or 50)
         for start in range(0, len(inputs), batch):
             scores, positions = index.search(vectors[start:start + batch], k + 1)  # +1: the row itself
-            for offset, (row_scores, row_positions) in enumerate(zip(scores, positions)):
+            for offset, (row_scores, row_positions) in enumerate(zip(scores, positions, strict=True)):
                 indices, values = _without_self(start + offset, row_positions.tolist(), row_scores.tolist(), k)
                 inputs[start + offset]["nn_indices"] = indices
                 inputs[start + offset]["nn_scores"] = values
@@ -105,5 +105,5 @@ class FaissNearestNeighbour(GlobalStep):
 def _without_self(own: int, positions: list[int], scores: list[float], k: int) -> tuple[list[int], list[float]]:
     """The ``k`` best hits that are other rows: the row's own hit is removed wherever it ranks
     (with exact copies it need not come first), ``-1`` (no hit) entries are dropped."""
-    pairs = [(p, s) for p, s in zip(positions, scores) if p != own and p != -1][:k]
+    pairs = [(p, s) for p, s in zip(positions, scores, strict=True) if p != own and p != -1][:k]
     return [p for p, _ in pairs], [float(s) for _, s in pairs]
