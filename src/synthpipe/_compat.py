@@ -135,9 +135,11 @@ _STEPS: dict[str, str | No] = {
     "StepColumns": "synthpipe.typing:StepColumns",
     "EmbeddingGeneration": "synthpipe.steps.embeddings:EmbeddingGeneration",
     "TextClustering": "synthpipe.steps.tasks.text_clustering:TextClustering",
+    "DeitaFiltering": "synthpipe.steps.filtering.deita:DeitaFiltering",
+    "EmbeddingDedup": "synthpipe.steps.filtering.embedding_dedup:EmbeddingDedup",
+    "FaissNearestNeighbour": "synthpipe.steps.filtering.faiss_nn:FaissNearestNeighbour",
     **{name: _step(name) for name in [
-        "DeitaFiltering", "EmbeddingDedup", "FaissNearestNeighbour", "RewardModelScore", "UMAP",
-        "DBSCAN",
+        "RewardModelScore", "UMAP", "DBSCAN",
     ]},
     "CombineColumns": No("distilabel 1.4 renamed CombineColumns to GroupColumns (synthpipe.steps.GroupColumns)"),
     "MinHash": No("distilabel 1.5 replaced MinHash/MinHashLSH with MinHashDedup (synthpipe.steps.MinHashDedup)"),
