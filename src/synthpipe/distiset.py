@@ -94,6 +94,13 @@ class Distiset(dict):
     def log_path(self) -> Path | None:
         return self.run_dir / "pipeline.log" if self.run_dir else None
 
+    @property
+    def artifacts_path(self) -> Path | None:
+        """``<run dir>/artifacts``: ``<step>/<artifact name>/`` folders of files steps kept (a
+        fitted UMAP, a cluster figure); None when no step of this run kept any."""
+        folder = self.run_dir / "artifacts" if self.run_dir else None
+        return folder if folder is not None and folder.is_dir() else None
+
     def save_to_disk(self, path: str | Path) -> None:
         """Each leaf's DatasetDict in its own folder, the failed rows beside them."""
         path = Path(path)
