@@ -136,9 +136,11 @@ _STEPS: dict[str, str | No] = {
     "StepColumns": "synthpipe.typing:StepColumns",
     "EmbeddingGeneration": "synthpipe.steps.embeddings:EmbeddingGeneration",
     "TextClustering": "synthpipe.steps.tasks.text_clustering:TextClustering",
+    "UMAP": "synthpipe.steps.clustering.umap:UMAP",
+    "DBSCAN": "synthpipe.steps.clustering.dbscan:DBSCAN",
+    "RewardModelScore": "synthpipe.steps.reward_model:RewardModelScore",
     **{name: _step(name) for name in [
-        "DeitaFiltering", "EmbeddingDedup", "FaissNearestNeighbour", "RewardModelScore", "UMAP",
-        "DBSCAN",
+        "DeitaFiltering", "EmbeddingDedup", "FaissNearestNeighbour",
     ]},
     "CombineColumns": No("distilabel 1.4 renamed CombineColumns to GroupColumns (synthpipe.steps.GroupColumns)"),
     "MinHash": No("distilabel 1.5 replaced MinHash/MinHashLSH with MinHashDedup (synthpipe.steps.MinHashDedup)"),

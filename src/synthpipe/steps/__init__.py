@@ -13,6 +13,7 @@ from synthpipe.steps.base import (
     StepResources,
     StepResult,
 )
+from synthpipe.steps.clustering import DBSCAN, UMAP
 from synthpipe.steps.columns import (
     CombineOutputs,
     ExpandColumns,
@@ -38,8 +39,11 @@ from synthpipe.steps.generators import (
     LoadDataFromHub,
 )
 from synthpipe.steps.hub import PushToHub
+from synthpipe.steps.reward_model import RewardModelScore
 
 __all__ = [
+    "DBSCAN",
+    "UMAP",
     "CombineOutputs",
     "ConversationTemplate",
     "DataSampler",
@@ -60,6 +64,7 @@ __all__ = [
     "MergeColumns",
     "MinHashDedup",
     "PushToHub",
+    "RewardModelScore",
     "RowFailure",
     "RuntimeParameter",
     "Step",
