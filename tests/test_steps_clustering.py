@@ -67,7 +67,7 @@ def test_embed_project_cluster_and_label_two_topics(server):
         embed = EmbeddingGeneration(name="embed", embeddings=SentenceTransformerEmbeddings(
             model=str(minilm_path()), device="cpu"))
         umap = UMAP(name="umap", n_components=2, metric="cosine", n_jobs=1, random_state=0)
-        dbscan = DBSCAN(name="dbscan", eps=1.0, min_samples=4, n_jobs=1)
+        dbscan = DBSCAN(name="dbscan", eps=3.0, min_samples=4, n_jobs=1)  # clusters ~15 apart
         label = TextClustering(name="label", llm=_llm(server), samples_per_cluster=5)
         load >> embed >> umap >> dbscan >> label
     distiset = pipeline.run()
@@ -219,3 +219,31 @@ def test_reward_model_bad_rows_name_the_step_row_and_column(tiny_reward_model_di
     with pytest.raises(StepFailed) as info:
         pipeline.run()
     assert f"step 'rm': {message}" in str(info.value)
+
+
+# -- artifacts --------------------------------------------------------------------------------------
+
+
+def test_artifact_names_stay_inside_the_run_directory(tmp_path):
+    from synthpipe.store.artifacts import write_artifact
+
+    folder = write_artifact(tmp_path, {"step": "s", "name": "A model", "files": {"sub/m.bin": b"x"}, "metadata": {}})
+    assert (folder / "sub" / "m.bin").read_bytes() == b"x" and folder == tmp_path / "artifacts" / "s" / "A model"
+    for payload in ({"step": "..", "name": "n"}, {"step": "s", "name": "../n"},
+                    {"step": "s", "name": "n", "files": {"../../escape": b"x"}}):
+        with pytest.raises(ValueError, match="must be a plain file or folder name"):
+            write_artifact(tmp_path, payload)
+    assert not (tmp_path.parent / "escape").exists()
+    with pytest.raises(ValueError, match="step 'fit': artifact name '../x' must be a plain folder name"):
+        UMAP(name="fit").save_artifact("../x", lambda folder: None)
+
+
+def test_outside_a_run_the_step_works_and_says_its_artifact_was_not_kept(caplog):
+    pytest.importorskip("sklearn")
+    step = DBSCAN(name="alone", eps=0.5, min_samples=2, n_jobs=1)
+    step.load()
+    rows = [{"projection": [0.0, 0.0]}, {"projection": [0.1, 0.0]}, {"projection": [9.0, 9.0]}]
+    with caplog.at_level("WARNING"):
+        out = next(step.process(rows))
+    assert [r["cluster_label"] for r in out] == [0, 0, -1]
+    assert "artifact 'DBSCAN_model' not kept: the step is not running in a pipeline" in caplog.text

@@ -36,14 +36,15 @@ def draw_clusters(points: Any, clusters: list[int], names: dict[int, str], path:
     fig = Figure(figsize=(12, 8), dpi=300)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
+    size = float(np.clip(3000 / max(len(points), 1), 0.75, 12))  # dots that stay visible for a few rows
     noise = labels == -1
     if noise.any():
-        ax.scatter(points[noise, 0], points[noise, 1], s=0.75, color=(0.6, 0.6, 0.6, 0.5), linewidths=0)
+        ax.scatter(points[noise, 0], points[noise, 1], s=size, color=(0.6, 0.6, 0.6, 0.5), linewidths=0)
     for colour, cluster in zip(palette, named, strict=True):
         members = labels == cluster
-        ax.scatter(points[members, 0], points[members, 1], s=0.75, color=colour, alpha=0.8, linewidths=0.4)
+        ax.scatter(points[members, 0], points[members, 1], s=size, color=colour, alpha=0.8, linewidths=0)
         centre = points[members].mean(axis=0)
-        text = ax.text(centre[0], centre[1], names.get(cluster, str(cluster)), ha="center", va="center", fontsize=4)
+        text = ax.text(centre[0], centre[1], names.get(cluster, str(cluster)), ha="center", va="center", fontsize=6)
         text.set_bbox({"facecolor": "white", "alpha": 0.9, "linewidth": 0, "boxstyle": "square,pad=0.1"})
     ax.set_axis_off()
     fig.savefig(path)
