@@ -184,10 +184,10 @@ PAIRS = [("How much is 2+2?", "The answer is 4."), ("How much is 2+2?", "4"),
          ("Name a colour.", "Blue, like the sky on a clear summer day."), ("Say hello.", "Hello there!")]
 
 
-def _scores(rows, model_dir, name, batch_size=4):
+def _scores(rows, model_dir, name, batch_size=4, **step_kw):
     with Pipeline(name=name) as pipeline:
         LoadDataFromDicts(data=rows, batch_size=batch_size) >> RewardModelScore(
-            name="rm", model=str(model_dir), input_batch_size=batch_size)
+            name="rm", model=str(model_dir), input_batch_size=batch_size, **step_kw)
     return pipeline.run()["default"]["train"].to_list()
 
 
@@ -200,7 +200,8 @@ def test_reward_model_scores_pairs_and_conversations_alike(tiny_reward_model_dir
                      for i, r in PAIRS]
     as_chats = [r["score"] for r in _scores(conversations, tiny_reward_model_dir, "rm-chats")]
     assert as_chats == pytest.approx(scores, rel=1e-4, abs=1e-5)  # the same exchange, the same score
-    one_by_one = [r["score"] for r in _scores(pairs, tiny_reward_model_dir, "rm-single", batch_size=1)]
+    one_by_one = [r["score"] for r in _scores(pairs, tiny_reward_model_dir, "rm-single", batch_size=1,
+                                              torch_dtype="float32")]
     assert one_by_one == pytest.approx(scores, rel=1e-4, abs=1e-5)  # padding in a batch changes nothing
 
 
