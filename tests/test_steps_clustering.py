@@ -92,6 +92,23 @@ def test_embed_project_cluster_and_label_two_topics(server):
     assert _figure(distiset, "label").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_default_thread_counts_run_on_a_machine_with_fewer_cores():
+    """n_jobs=8 (distilabel's default) on a 2-core machine: umap-learn would refuse more threads
+    than numba has, and joblib cannot start processes in a worker."""
+    pytest.importorskip("umap")
+    pytest.importorskip("sklearn")
+    import random
+
+    rng = random.Random(0)
+    rows = [{"embedding": [rng.gauss(centre, 1.0) for centre in (c * 10, -c * 10) * 4]}
+            for c in (0, 1) for _ in range(30)]
+    with Pipeline(name="clustering-defaults") as pipeline:
+        LoadDataFromDicts(data=rows) >> UMAP(name="umap") >> DBSCAN(name="dbscan", eps=2.0, min_samples=5)
+    out = pipeline.run()["default"]["train"].to_list()
+    assert [len(r["projection"]) for r in out] == [2] * len(rows)
+    assert len({r["cluster_label"] for r in out[:30]}) == 1 and len({r["cluster_label"] for r in out[30:]}) == 1
+
+
 # -- TextClustering's figure ----------------------------------------------------------------------
 
 

@@ -60,7 +60,12 @@ class DBSCAN(GlobalStep):
             return
         clusterer = _import_dbscan(str(self.name))(eps=self.eps, min_samples=self.min_samples, metric=self.metric,
                                                    n_jobs=self.n_jobs)
-        labels = clusterer.fit(data).labels_
+        from joblib import parallel_config
+
+        # Workers are daemonic processes, which cannot start joblib's process pool (it would fall
+        # back to one job with a warning): threads carry n_jobs instead.
+        with parallel_config(backend="threading", n_jobs=self.n_jobs):
+            labels = clusterer.fit(data).labels_
         for row, label in zip(inputs, labels, strict=True):
             row["cluster_label"] = int(label)
         found = len(set(labels.tolist()) - {-1})

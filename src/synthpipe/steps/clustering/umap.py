@@ -30,10 +30,11 @@ def _import_umap(step: str) -> Any:
 class UMAP(GlobalStep):
     """Fits UMAP on the ``embedding`` column of all rows and writes each row's coordinates in
     ``projection`` (``n_components`` floats). ``metric`` is any metric umap-learn knows
-    ("euclidean", "cosine"...); ``random_state`` makes the fit reproducible (umap-learn then
-    runs on one thread, whatever ``n_jobs`` says). The fitted model is kept as the artifact
-    ``UMAP_model`` (``UMAP.joblib``, load it with ``joblib.load``) in
-    ``<run dir>/artifacts/<step name>/UMAP_model/``, so new texts can be projected the same way.
+    ("euclidean", "cosine"...); ``n_jobs`` threads at most, no more than the machine has;
+    ``random_state`` makes the fit reproducible (umap-learn then runs on one thread). The
+    fitted model is kept as the artifact ``UMAP_model`` (``UMAP.joblib``, load it with
+    ``joblib.load``) in ``<run dir>/artifacts/<step name>/UMAP_model/``, so new texts can be
+    projected the same way.
     """
 
     n_components: RuntimeParameter[int] = Field(default=2, ge=1)
@@ -58,14 +59,22 @@ class UMAP(GlobalStep):
             yield inputs
             return
         mapper = _import_umap(str(self.name))(
-            n_components=self.n_components, metric=self.metric, n_jobs=self.n_jobs if self.n_jobs else -1,
-            random_state=self.random_state)
+            n_components=self.n_components, metric=self.metric, n_jobs=self._threads(), random_state=self.random_state)
         self.logger.info("fitting UMAP on %d rows of %d dimensions", *data.shape)
         projection = mapper.fit_transform(data)
         for row, point in zip(inputs, projection, strict=True):
             row["projection"] = [float(x) for x in point]
         self._keep_model(mapper)
         yield inputs
+
+    def _threads(self) -> int:
+        """``n_jobs`` within what numba can run here: umap-learn refuses more threads than
+        numba has (its default, 8, fails on a smaller machine); -1 or None is all of them."""
+        import numba
+
+        if not self.n_jobs or self.n_jobs < 0:
+            return -1
+        return min(self.n_jobs, numba.config.NUMBA_NUM_THREADS)
 
     def _keep_model(self, mapper: Any) -> None:
         import joblib
