@@ -119,7 +119,7 @@ def _clustered_rows() -> list[dict]:
 
 
 @pytest.mark.usefixtures("_cluster_answers")
-def test_savefig_writes_the_cluster_figure_into_the_run_directory(server):
+def test_savefig_writes_the_cluster_figure_into_the_run_directory(server, tmp_path):
     pytest.importorskip("matplotlib")
     from PIL import Image
 
@@ -133,6 +133,11 @@ def test_savefig_writes_the_cluster_figure_into_the_run_directory(server):
     assert json.loads((figure.parent / "metadata.json").read_text()) == {"library": "matplotlib", "type": "image"}
     labels = [json.loads(r["summary_label"]) for r in distiset["default"]["train"].to_list()]
     assert labels == ["cooking"] * len(COOKING) + ["astronomy"] * len(SPACE) + ["Unclassified"]
+    distiset.save_to_disk(tmp_path / "saved")  # the artifacts go with a saved result
+    from synthpipe.distiset import Distiset
+
+    loaded = Distiset.load_from_disk(tmp_path / "saved")
+    assert _figure(loaded, "label").read_bytes() == figure.read_bytes()
 
 
 @pytest.mark.usefixtures("_cluster_answers")
