@@ -187,11 +187,15 @@ def test_savefig_without_matplotlib_is_refused_before_the_run(server, monkeypatc
                                     "has 2"),
     (DBSCAN, "projection", None, "step 'fit': column 'projection' must hold lists of numbers; row 2 holds NoneType"),
     (DBSCAN, "projection", [0.0, float("nan"), 1.0], "column 'projection' must hold finite numbers; row 2 holds"),
+    (UMAP, "embedding", "too few rows", "step 'fit': UMAP needs at least 4 rows to fit n_components=2; it got 3"),
 ])
 def test_bad_vectors_name_the_step_column_and_row(step_cls, column, bad, message):
     pytest.importorskip("umap" if step_cls is UMAP else "sklearn")
     rows = [{column: [0.1 * i, 0.2, 0.3]} for i in range(6)]
-    rows[2][column] = bad
+    if bad == "too few rows":
+        rows = rows[:3]
+    else:
+        rows[2][column] = bad
     with Pipeline(name=f"bad-{step_cls.__name__}-{column}") as pipeline:
         LoadDataFromDicts(data=rows) >> step_cls(name="fit", n_jobs=1)
     with pytest.raises(StepFailed) as info:

@@ -58,8 +58,12 @@ class UMAP(GlobalStep):
         if not inputs:
             yield inputs
             return
+        components = self.n_components or 2
+        if len(inputs) < components + 2:  # umap-learn's spectral start fails obscurely below that
+            raise ValueError(f"step '{self.name}': UMAP needs at least {components + 2} rows to fit "
+                             f"n_components={components}; it got {len(inputs)}")
         mapper = _import_umap(str(self.name))(
-            n_components=self.n_components, metric=self.metric, n_jobs=self._threads(), random_state=self.random_state)
+            n_components=components, metric=self.metric, n_jobs=self._threads(), random_state=self.random_state)
         self.logger.info("fitting UMAP on %d rows of %d dimensions", *data.shape)
         projection = mapper.fit_transform(data)
         for row, point in zip(inputs, projection, strict=True):
