@@ -274,3 +274,20 @@ def test_outside_a_run_the_step_works_and_says_its_artifact_was_not_kept(caplog)
         out = next(step.process(rows))
     assert [r["cluster_label"] for r in out] == [0, 0, -1]
     assert "artifact 'DBSCAN_model' not kept: the step is not running in a pipeline" in caplog.text
+
+
+def test_reward_model_without_either_input_form_is_refused_before_the_run():
+    from synthpipe.errors import PipelineValidationError
+    from synthpipe.pipeline.plan import build_plan
+
+    with Pipeline(name="rm-no-columns") as pipeline:
+        LoadDataFromDicts(data=[{"instruction": "Hi", "answer": "Hello"}]) >> RewardModelScore(
+            name="rm", model="/no/such/model")
+    with pytest.raises(PipelineValidationError) as info:
+        pipeline.run()
+    assert ("step 'rm' needs columns 'instruction' and 'response', or 'conversation', which no step before it "
+            "produces; available: answer, instruction") in str(info.value)
+    with Pipeline(name="rm-mapped") as pipeline:
+        LoadDataFromDicts(data=[{"messages": []}]) >> RewardModelScore(
+            name="rm", model="/no/such/model", input_mappings={"conversation": "messages"})
+    build_plan(pipeline)  # the mapped column is found

@@ -149,6 +149,12 @@ class _Step(BaseModel):
         """Columns the step adds or changes."""
         return []
 
+    def input_problems(self, available: set[str]) -> list[str]:
+        """What is wrong with the columns the steps before this one produce (``available``, as
+        named in the data), beyond a missing required column: for a step whose inputs are
+        alternatives. Checked with the pipeline, before anything runs; none by default."""
+        return []
+
     def load(self) -> None:
         """Runs once in the worker process before any batch (open clients, load models)."""
 

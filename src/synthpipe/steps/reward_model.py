@@ -55,6 +55,14 @@ class RewardModelScore(Step):
     def outputs(self) -> list[str]:
         return ["score"]
 
+    def input_problems(self, available: set[str]) -> list[str]:
+        named = {c: self.input_mappings.get(c, c) for c in ("instruction", "response", "conversation")}
+        if {named["instruction"], named["response"]} <= available or named["conversation"] in available:
+            return []
+        return [f"step '{self.name}' needs columns '{named['instruction']}' and '{named['response']}', or "
+                f"'{named['conversation']}', which no step before it produces; available: "
+                f"{', '.join(sorted(available)) or 'none'}"]
+
     def load(self) -> None:
         try:
             import torch
