@@ -110,6 +110,16 @@ def tiny_llama_dir(tiny_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_reward_model_dir(tiny_dir) -> Path:
+    """A random one-output sequence classifier (a reward model's shape) with the chat template."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from synthpipe.testing.tiny_models import build_tiny_reward_model
+
+    return build_tiny_reward_model(tiny_dir / "reward")
+
+
+@pytest.fixture(scope="session")
 def tiny_gguf(tiny_dir) -> Path:
     """The same model as a GGUF file, for llama.cpp."""
     pytest.importorskip("gguf")

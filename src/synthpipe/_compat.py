@@ -40,11 +40,6 @@ def _task(name: str) -> No:
               "synthpipe.steps.tasks.Task (format_input/format_output) to write it meanwhile")
 
 
-def _step(name: str) -> No:
-    return No(f"the distilabel step {name} is not in synthpipe's step library yet; a @step function "
-              "(synthpipe.steps.step) can do its job meanwhile")
-
-
 def _llm(name: str, instead: str = "") -> No:
     return No(f"{name} is not supported yet" + (f"; {instead}" if instead else ""))
 
@@ -138,9 +133,9 @@ _STEPS: dict[str, str | No] = {
     "DeitaFiltering": "synthpipe.steps.filtering.deita:DeitaFiltering",
     "EmbeddingDedup": "synthpipe.steps.filtering.embedding_dedup:EmbeddingDedup",
     "FaissNearestNeighbour": "synthpipe.steps.filtering.faiss_nn:FaissNearestNeighbour",
-    **{name: _step(name) for name in [
-        "RewardModelScore", "UMAP", "DBSCAN",
-    ]},
+    "UMAP": "synthpipe.steps.clustering.umap:UMAP",
+    "DBSCAN": "synthpipe.steps.clustering.dbscan:DBSCAN",
+    "RewardModelScore": "synthpipe.steps.reward_model:RewardModelScore",
     "CombineColumns": No("distilabel 1.4 renamed CombineColumns to GroupColumns (synthpipe.steps.GroupColumns)"),
     "MinHash": No("distilabel 1.5 replaced MinHash/MinHashLSH with MinHashDedup (synthpipe.steps.MinHashDedup)"),
     "MinHashLSH": No("distilabel 1.5 replaced MinHash/MinHashLSH with MinHashDedup (synthpipe.steps.MinHashDedup)"),

@@ -75,6 +75,7 @@ class Distiset(dict):
         super().__init__(*args, **kwargs)
         self.failed_rows: list[dict[str, Any]] = failed_rows or []
         self.run_dir = run_dir
+        self._artifacts: Path | None = None  # a saved Distiset's own copy of the artifacts
         self.pipeline: Any = None  # the Pipeline that made it (set by Pipeline.run): the card describes it
 
     @classmethod
@@ -94,12 +95,25 @@ class Distiset(dict):
     def log_path(self) -> Path | None:
         return self.run_dir / "pipeline.log" if self.run_dir else None
 
+    @property
+    def artifacts_path(self) -> Path | None:
+        """``<run dir>/artifacts``: ``<step>/<artifact name>/`` folders of files steps kept (a
+        fitted UMAP, a cluster figure); None when no step of this run kept any."""
+        folder = self._artifacts or (self.run_dir / "artifacts" if self.run_dir else None)
+        return folder if folder is not None and folder.is_dir() else None
+
     def save_to_disk(self, path: str | Path) -> None:
-        """Each leaf's DatasetDict in its own folder, the failed rows beside them."""
+        """Each leaf's DatasetDict in its own folder, the failed rows and the steps' artifacts
+        (``artifacts/``) beside them."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         for name, dataset_dict in self.items():
             dataset_dict.save_to_disk(str(path / name))
+        artifacts = self.artifacts_path
+        if artifacts is not None and artifacts.resolve() != (path / "artifacts").resolve():
+            import shutil
+
+            shutil.copytree(artifacts, path / "artifacts", dirs_exist_ok=True)
         with (path / FAILED_ROWS_FILE).open("w", encoding="utf-8") as fh:
             for entry in self.failed_rows:
                 fh.write(json.dumps(entry, default=repr) + "\n")
@@ -115,7 +129,9 @@ class Distiset(dict):
         failed_file = path / FAILED_ROWS_FILE
         if failed_file.exists():
             failed = [json.loads(line) for line in failed_file.read_text().splitlines() if line]
-        return cls({leaf: load_from_disk(str(path / leaf)) for leaf in leaves}, failed_rows=failed)
+        result = cls({leaf: load_from_disk(str(path / leaf)) for leaf in leaves}, failed_rows=failed)
+        result._artifacts = path / "artifacts"
+        return result
 
     def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None,
                     generate_card: bool = True, include_script: bool = False, **kwargs: Any) -> None:

@@ -231,4 +231,5 @@ def _check_columns(dag: DAG, order: list[str], problems: list[str]) -> None:
                         f"step '{name}' needs column '{column}', which no step before it produces"
                         f"{near}; available: {', '.join(sorted(incoming)) or 'none'}"
                     )
+            problems.extend(step.input_problems(incoming))
         available[name] = incoming | set(step.output_columns())

@@ -25,6 +25,7 @@ from synthpipe.runtime.signals import StopSignals
 from synthpipe.runtime.staged import StagedExecutor
 from synthpipe.runtime.worker import STORE_BATCHES
 from synthpipe.store import batch_format
+from synthpipe.store.artifacts import write_artifact
 from synthpipe.store.failed_rows import FailedRowsLedger, read_failed_rows, write_failed_rows
 from synthpipe.store.leaf_writer import LeafWriter, Misfit
 from synthpipe.store.pipeline_store import SYNC_EVERY_SECONDS, PipelineStore
@@ -34,6 +35,7 @@ from synthpipe.store.signature import combined_signature, plan_signatures
 from synthpipe.ui.errors import describe_failure, log_failure
 from synthpipe.ui.live import LiveProgress, expected_rows
 from synthpipe.ui.logs import RunLogging, level_from_env
+from synthpipe.worker_context import ARTIFACT
 
 if TYPE_CHECKING:
     from synthpipe.pipeline.base import Pipeline
@@ -265,6 +267,10 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     )
 
     def record(kind: str, payload: Any) -> None:
+        if kind == ARTIFACT:
+            folder = write_artifact(run_dir.path, payload)
+            logger.info("synthpipe: step '%s' saved artifact '%s' in %s", payload["step"], payload["name"], folder)
+            return
         accounting.record(kind, payload)
         if kind == RESPONSE and durable:
             responses.append(*payload)

@@ -13,6 +13,7 @@ from synthpipe.steps.base import (
     StepResources,
     StepResult,
 )
+from synthpipe.steps.clustering import DBSCAN, UMAP
 from synthpipe.steps.columns import (
     CombineOutputs,
     ExpandColumns,
@@ -22,7 +23,7 @@ from synthpipe.steps.columns import (
     TruncateTextColumn,
 )
 from synthpipe.steps.decorator import step
-from synthpipe.steps.filtering import MinHashDedup
+from synthpipe.steps.filtering import DeitaFiltering, EmbeddingDedup, FaissNearestNeighbour, MinHashDedup
 from synthpipe.steps.formatting import (
     ConversationTemplate,
     FormatChatGenerationDPO,
@@ -38,12 +39,18 @@ from synthpipe.steps.generators import (
     LoadDataFromHub,
 )
 from synthpipe.steps.hub import PushToHub
+from synthpipe.steps.reward_model import RewardModelScore
 
 __all__ = [
+    "DBSCAN",
+    "UMAP",
     "CombineOutputs",
     "ConversationTemplate",
     "DataSampler",
+    "DeitaFiltering",
+    "EmbeddingDedup",
     "ExpandColumns",
+    "FaissNearestNeighbour",
     "FormatChatGenerationDPO",
     "FormatChatGenerationSFT",
     "FormatTextGenerationDPO",
@@ -60,6 +67,7 @@ __all__ = [
     "MergeColumns",
     "MinHashDedup",
     "PushToHub",
+    "RewardModelScore",
     "RowFailure",
     "RuntimeParameter",
     "Step",

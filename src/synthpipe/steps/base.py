@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NamedTuple, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
@@ -148,6 +149,12 @@ class _Step(BaseModel):
         """Columns the step adds or changes."""
         return []
 
+    def input_problems(self, available: set[str]) -> list[str]:
+        """What is wrong with the columns the steps before this one produce (``available``, as
+        named in the data), beyond a missing required column: for a step whose inputs are
+        alternatives. Checked with the pipeline, before anything runs; none by default."""
+        return []
+
     def load(self) -> None:
         """Runs once in the worker process before any batch (open clients, load models)."""
 
@@ -163,6 +170,19 @@ class _Step(BaseModel):
     @property
     def logger(self) -> logging.Logger:
         return logging.getLogger(f"synthpipe.step.{self.name}")
+
+    def save_artifact(self, name: str, write_function: Callable[[Path], None],
+                      metadata: dict[str, Any] | None = None) -> None:
+        """Keep files this step made (a fitted model, a figure) beside the run's data, as
+        distilabel's ``save_artifact`` does: ``write_function(folder)`` writes them, and they land
+        in ``<run dir>/artifacts/<step name>/<name>/`` with ``metadata.json``
+        (``distiset.artifacts_path``). Outside a run there is no run directory: a warning says
+        the files were not kept."""
+        from synthpipe.worker_context import save_artifact
+
+        if not save_artifact(str(self.name), name, write_function, metadata):
+            self.logger.warning("step '%s': artifact '%s' not kept: the step is not running in a pipeline",
+                                self.name, name)
 
     # -- what the engine uses ------------------------------------------------------------
 

@@ -11,6 +11,8 @@ Public functions (no pytest here; tests wrap them in session-scoped fixtures):
   bos/eos/pad/unk and a jinja chat template (needs ``tokenizers`` + ``transformers``).
 - ``build_tiny_llama(dir)``: a random ``LlamaForCausalLM`` saved with the tokenizer and a
   generation config (needs ``torch`` + ``transformers``).
+- ``build_tiny_reward_model(dir)``: a random ``LlamaForSequenceClassification`` (one label, a
+  reward model's scalar head) saved with the tokenizer (needs ``torch`` + ``transformers``).
 - ``build_tiny_gguf(path)``: the same tokenizer and the *same weights* written as a llama
   GGUF file with ``gguf.GGUFWriter``, loadable by ``llama_cpp.Llama`` (needs ``gguf`` +
   ``tokenizers``; no torch).
@@ -183,6 +185,27 @@ def build_tiny_llama(dir: str | Path) -> Path:
         do_sample=False,
         max_new_tokens=16,
     )
+    model.save_pretrained(str(out))
+    return out
+
+
+def build_tiny_reward_model(dir: str | Path) -> Path:
+    """Save a random-weight ``LlamaForSequenceClassification`` with one output (a reward model's
+    shape: a scalar score per sequence) and the tiny tokenizer with its chat template."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    out = build_tiny_tokenizer(dir)
+    ids = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    config = LlamaConfig(
+        vocab_size=vocab_size(), hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=CONTEXT,
+        rms_norm_eps=RMS_EPS, rope_theta=ROPE_THETA, bos_token_id=ids[BOS], eos_token_id=ids[EOS],
+        pad_token_id=ids[PAD], num_labels=1)
+    torch.manual_seed(SEED)
+    model = LlamaForSequenceClassification(config)
+    with torch.no_grad():  # a score head large enough that different texts score visibly apart
+        model.score.weight.normal_(0.0, 1.0)
     model.save_pretrained(str(out))
     return out
 

@@ -12,11 +12,13 @@ import json
 import random
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from synthpipe.models.base import ChatType, GenerateOutput, InvalidStructuredOutput
 from synthpipe.models.cache import generate_cached
-from synthpipe.steps.base import GlobalStep, StepInput, StepKind, StepResult
+from synthpipe.steps.base import GlobalStep, RuntimeParameter, StepInput, StepKind, StepResult
+from synthpipe.steps.clustering._vectors import vectors
+from synthpipe.steps.clustering.figure import FIGURE_ARTIFACT, FIGURE_FILE, draw_clusters, missing_matplotlib
 from synthpipe.steps.tasks.base import METADATA_COLUMN, IncompleteAnswer
 from synthpipe.steps.tasks.text_classification import TextClassification
 
@@ -37,13 +39,29 @@ class TextClustering(TextClassification, GlobalStep):
     (``UnparsableAnswer`` naming the cluster, raw text kept) and the run stops, keeping what
     finished; the bad answer is not cached, so ``retries=N`` on the step asks again. Never a
     silent ``None`` label.
+
+    ``savefig`` (default True, as distilabel's) also draws the clusters: each row at the first
+    two numbers of its ``projection``, each cluster named by its label, saved as the artifact
+    "Text clusters" in ``<run dir>/artifacts/<step name>/Text clusters/figure_clustering.png``
+    (``distiset.artifacts_path``). It needs matplotlib (the ``clustering`` extra), checked when
+    the step is built or the parameter set, before any work; rows without a ``projection``
+    column get their labels and no figure (a warning says so).
     """
 
     step_kind: ClassVar[StepKind] = "global"
 
+    savefig: RuntimeParameter[bool] = Field(default=True, validate_default=True)
     samples_per_cluster: int = Field(default=10, ge=1)
     context: str = _CONTEXT
     query_title: str = "Texts"
+
+    @field_validator("savefig")
+    @classmethod
+    def _figure_needs_matplotlib(cls, value: bool | None) -> bool | None:
+        why = missing_matplotlib(cls.__name__) if value else None
+        if why:
+            raise ValueError(why)  # pydantic's error: said when the step is built or the parameter set
+        return value
 
     @property
     def inputs(self) -> dict[str, bool]:  # type: ignore[override]
@@ -65,6 +83,7 @@ class TextClustering(TextClassification, GlobalStep):
                 raise ValueError(f"step '{self.name}': row {index} needs a str 'text' and an int 'cluster_label', "
                                  f"got {text!r}, {label!r}")
             clusters.setdefault(label, []).append(index)
+        points = self._figure_points(rows)
         named = sorted(c for c in clusters if c != -1)
         chats = []
         for cluster in named:
@@ -101,6 +120,8 @@ class TextClustering(TextClassification, GlobalStep):
                 result.add_note(f"while labelling cluster {cluster} ({len(clusters[cluster])} rows)")
                 raise result
             labels[cluster] = result
+        if points is not None:
+            self._save_figure(points, [row["cluster_label"] for row in rows], labels)
         out = []
         for row in rows:
             found = labels[row["cluster_label"]]
@@ -108,3 +129,21 @@ class TextClustering(TextClassification, GlobalStep):
             out.append({**row, "summary_label": found["summary_label"], "model_name": self.llm.model_name,
                         METADATA_COLUMN: meta})
         return StepResult(out, [], list(range(len(rows))))
+
+    def _figure_points(self, rows: list[dict[str, Any]]) -> Any:
+        """The 2-D points to draw (checked before any request), or None when no figure is made."""
+        if not self.savefig or not rows:
+            return None
+        if all(row.get("projection") is None for row in rows):
+            self.logger.warning("step '%s': savefig=True, but the rows have no 'projection' column (from UMAP): "
+                                "no figure is made", self.name)
+            return None
+        return vectors(str(self.name), rows, "projection", at_least=2)[:, :2]
+
+    def _save_figure(self, points: Any, clusters: list[int], labels: dict[Any, dict[str, Any]]) -> None:
+        names = {}
+        for cluster, found in labels.items():
+            label = json.loads(found["summary_label"])
+            names[cluster] = ", ".join(map(str, label)) if isinstance(label, list) else str(label)
+        self.save_artifact(FIGURE_ARTIFACT, lambda folder: draw_clusters(points, clusters, names, folder / FIGURE_FILE),
+                           {"type": "image", "library": "matplotlib"})
