@@ -56,8 +56,11 @@ def test_pipeline_info_lists_steps_connections_and_typed_runtime_parameters(tmp_
     assert params["input_batch_size"]["type"] == "int" and params["input_batch_size"]["default"] == 50
     assert params["llm.max_concurrency"]["type"] == "int"
     assert params["llm.timeout"]["type"] == "float"
+    assert all(p["doc"] and p["optional"] is True for p in params.values()), params  # as distilabel shows them
+    assert info["steps"][0]["to"] == ["gen"] and info["steps"][1]["to"] == []
     table = synthpipe("pipeline", "info", "--config", str(path))
     assert table.returncode == 0 and "llm.max_concurrency" in table.stdout and "Connections" in table.stdout
+    assert "No downstream steps" in table.stdout and "Requests in flight at once" in table.stdout
 
 
 def test_pipeline_run_with_typed_params_then_runs_and_cost(tmp_path, server):
@@ -185,7 +188,7 @@ def test_budget_stops_gracefully_and_resume_finishes_without_counting_twice(tmp_
     assert "stopped before passing the budget of 30 tokens" in stopped.stderr
     [first] = runs_json(cache)
     assert first["status"] == "budget"
-    assert 0 < first["paid_tokens"] < full
+    assert 0 < first["paid_tokens"] <= 30  # stopped before passing it, not just after
     resumed = synthpipe("pipeline", "run", "--config", str(path), "--param", "gen.llm.max_concurrency=2",
                         "--max-budget", "1000 tokens", env=dict(env), timeout=200)
     assert resumed.returncode == 0, resumed.stderr
@@ -372,12 +375,13 @@ def test_a_money_budget_stops_before_passing_it(tmp_path, server):
     cache = tmp_path / "cache"
     path = llm_file(tmp_path, server.base_url, rows=24, batch=2, prices=PRICES)
     per_row = (2 * 1.0 + 3 * 2.0) / 1_000_000
-    out = synthpipe("run", str(path), "--param", "gen.llm.max_concurrency=2", "--max-budget", f"{per_row * 8:.10f}",
+    # 8 requests at once: without a gate, the first batches sent would pass the budget together
+    out = synthpipe("run", str(path), "--param", "gen.llm.max_concurrency=8", "--max-budget", f"{per_row * 8:.10f}",
                     env={"SYNTHPIPE_CACHE_DIR": str(cache)})
     assert out.returncode == 1, out.stderr
     assert "stopped before passing the budget" in out.stderr
     [run] = runs_json(cache)
-    assert run["status"] == "budget" and 0 < run["cost"] < per_row * 24
+    assert run["status"] == "budget" and 0 < run["cost"] <= per_row * 8 * (1 + 1e-9)
     assert run["budget"] == {"cost": pytest.approx(per_row * 8), "tokens": None}
 
 
@@ -393,3 +397,32 @@ def test_a_provider_reported_cost_is_used_where_no_price_is_given(tmp_path, serv
     assert synthpipe("run", str(path), env=dict(env)).returncode == 0
     second = max(runs_json(cache), key=lambda r: r["run"])
     assert second["tokens"] == run["tokens"] and second["cost"] == 0  # all from the response cache
+
+
+def test_pipeline_run_pushes_the_result_with_distilabels_flags_and_never_prints_the_token(tmp_path, server):
+    from synthpipe.testing.hub_server import HubServer
+
+    pytest.importorskip("huggingface_hub")
+    token, repo = "hf_cli_token_DO-NOT-LEAK-77", "standin-user/cli-push"
+    cache = tmp_path / "cache"
+    path = llm_file(tmp_path, server.base_url, rows=6)
+    with HubServer(token=token) as hub:
+        env = {**hub.env(tmp_path / "hf"), "SYNTHPIPE_CACHE_DIR": str(cache)}
+        out = synthpipe("pipeline", "run", "--config", str(path), "--repo-id", repo, "--commit-message",
+                        "first synthetic rows", "--private", "--token", token, env=dict(env), timeout=240)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert f"pushed to the Hub: dataset {repo} (private)" in out.stdout
+        files = hub.files(repo)
+        assert sorted(files) == ["README.md", "data/train-00000-of-00001.parquet", "pipeline.log", "pipeline.yaml"]
+        assert token.encode() not in files["pipeline.log"]
+        assert hub.repos[repo].private and "first synthetic rows" in hub.repos[repo].messages
+        refused = synthpipe("pipeline", "run", "--config", str(path), "--repo-id", repo, "--token", "hf_wrong",
+                            env=dict(env), timeout=240)
+        assert refused.returncode == 1 and "401" in refused.stderr and "hf_wrong" not in refused.stderr
+    alone = synthpipe("pipeline", "run", "--config", str(path), "--private", env=dict(env))
+    assert alone.returncode == 2 and "go with --repo-id" in alone.stderr
+    for text in (out.stdout, out.stderr):
+        assert token not in text
+    for stored in cache.rglob("*"):
+        if stored.is_file():
+            assert token.encode() not in stored.read_bytes(), stored

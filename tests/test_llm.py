@@ -19,6 +19,7 @@ from synthpipe.models import OpenAILLM
 from synthpipe.pipeline import Pipeline
 from synthpipe.steps import LoadDataFromDicts, StepResources
 from synthpipe.steps.tasks import ChatGeneration, TextGeneration
+from usage_check import assert_tally_matches_rows
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_leftover_workers")]
 
@@ -46,7 +47,9 @@ def _rows(distiset) -> list[dict]:
 
 def test_text_generation_writes_generations_in_order_with_metadata(server):
     prompts = [f"question {i}" for i in range(40)]
-    rows = _rows(_pipeline(server, prompts).run())
+    result = _pipeline(server, prompts).run()
+    rows = _rows(result)
+    assert assert_tally_matches_rows(result)["input_tokens"] == 40 * 2  # the usage tally, from the server's counts
     assert [r["instruction"] for r in rows] == prompts
     assert [r["generation"] for r in rows] == [f"echo: {p}" for p in prompts]
     first = rows[0]

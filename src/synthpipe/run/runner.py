@@ -244,8 +244,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     def tick() -> None:
         warm_up()  # the result's imports, once the workers have started: not after the last step
         progress.tick()
-        if accounting.over_budget(scheduler.jobs_in_flight()):
-            signals.request_stop("a stop request (max_budget)")
+        accounting.over_budget(scheduler.jobs_in_flight())
         if durable and time.monotonic() - synced[0] > SYNC_EVERY_SECONDS:
             ledger.sync()
             responses.sync()
@@ -262,6 +261,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
         on_log=RunLogging.worker_line,
         on_record=lambda kind, payload: record(kind, payload),
         on_sent=accounting.sent,
+        on_admit=accounting.admit if accounting.budget is not None else None,
     )
 
     def record(kind: str, payload: Any) -> None:
@@ -270,6 +270,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
             responses.append(*payload)
 
     signals = StopSignals()
+    accounting.on_stop = lambda: signals.request_stop("a stop request (max_budget)")
     context = ({"responses": str(store.responses_folder), "read_responses": read_responses, STORE_BATCHES: True}
                if durable else {})
     def local(names: list[str], sched: Scheduler, eager: list[str] | None, with_hooks: ExecutorHooks) -> Executor:
