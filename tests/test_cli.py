@@ -227,6 +227,20 @@ def test_cost_is_unknown_without_a_price(tmp_path, server):
     assert "unknown" in synthpipe("runs", "--cache-dir", str(cache)).stdout
 
 
+def test_prices_from_a_file_and_a_bad_prices_file_is_a_usage_error(tmp_path, server):
+    cache = tmp_path / "cache"
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("test-model: {input: 1.0, output: 2.0}\n")
+    path = llm_file(tmp_path, server.base_url, prices=str(prices))
+    assert synthpipe("run", str(path), env={"SYNTHPIPE_CACHE_DIR": str(cache)}).returncode == 0
+    [run] = runs_json(cache)
+    [usage] = run["usage"]
+    assert run["cost"] == pytest.approx((usage["input_tokens"] * 1.0 + usage["output_tokens"] * 2.0) / 1e6)
+    prices.write_text("test-model: {input: cheap}\n")
+    bad = synthpipe("run", str(path), "--no-cache", env={"SYNTHPIPE_CACHE_DIR": str(cache)})
+    assert bad.returncode == 2 and "prices for 'test-model' must be numbers" in bad.stderr, bad.stderr
+
+
 def test_a_money_budget_without_prices_is_refused(tmp_path, server):
     path = llm_file(tmp_path, server.base_url, max_budget=1.0)
     out = synthpipe("run", str(path))

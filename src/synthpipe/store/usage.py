@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from synthpipe.errors import SynthpipeUserError
+
 METADATA_COLUMN = "synthpipe_metadata"  # as the tasks write it (steps/tasks/base.py)
 PER_TOKENS = 1_000_000  # prices are per million tokens
 
@@ -38,18 +40,18 @@ def load_prices(prices: Union[Prices, str, os.PathLike[str], None]) -> Prices:
         try:
             prices = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"prices file {str(path)!r} cannot be read: {exc}") from None
+            raise SynthpipeUserError(f"prices file {str(path)!r} cannot be read: {exc}") from None
     if not isinstance(prices, dict):
-        raise ValueError("prices must map a model name to {'input': ..., 'output': ...} (per million tokens)")
+        raise SynthpipeUserError("prices must map a model name to {'input': ..., 'output': ...} (per million tokens)")
     checked: Prices = {}
     for model, entry in prices.items():
         if not isinstance(entry, dict) or not set(entry) <= {"input", "output"} or not entry:
-            raise ValueError(f"prices for {model!r} must be {{'input': ..., 'output': ...}} per million tokens, "
-                             f"not {entry!r}")
+            raise SynthpipeUserError(f"prices for {model!r} must be {{'input': ..., 'output': ...}} per million "
+                                     f"tokens, not {entry!r}")
         try:
             checked[str(model)] = {k: float(v) for k, v in entry.items()}
         except (TypeError, ValueError):
-            raise ValueError(f"prices for {model!r} must be numbers, not {entry!r}") from None
+            raise SynthpipeUserError(f"prices for {model!r} must be numbers, not {entry!r}") from None
     return checked
 
 
