@@ -83,6 +83,11 @@ def test_pipeline_run_with_typed_params_then_runs_and_cost(tmp_path, server):
     assert run["cost"] == pytest.approx(expected)
     table = synthpipe("runs", "--cache-dir", str(cache))
     assert table.returncode == 0 and run["run"][:15] in table.stdout and "finished" in table.stdout
+    header = next(line for line in table.stdout.splitlines() if "pipeline" in line and "status" in line)
+    assert [c for c in ("run", "pipeline", "status", "rows", "failed", "tokens", "cost", "size", "when")
+            if c not in header] == []
+    line = next(line for line in table.stdout.splitlines() if "finished" in line)
+    assert "cli-llm" in line and f"{run['tokens']:,}" in line and f"{run['cost']:.4f}" in line
 
 
 def test_unknown_param_and_missing_file_are_usage_errors(tmp_path, server):
