@@ -61,6 +61,17 @@ def test_text_generation_writes_generations_in_order_with_metadata(server):
     assert server.total_requests == 40
 
 
+def test_several_choices_in_one_request_count_the_prompt_once(server):
+    with Pipeline(name="choices") as pipeline:
+        load = LoadDataFromDicts(data=[{"instruction": f"question {i}"} for i in range(4)])
+        load >> TextGeneration(name="gen", llm=_llm(server), num_generations=2, group_generations=True)
+    result = pipeline.run()
+    assert server.total_requests == 4  # n=2 in each request
+    entry = assert_tally_matches_rows(result)
+    assert entry["input_tokens"] == 4 * 2  # a 2-token prompt per request, paid once, not once per choice
+    assert entry["output_tokens"] == 4 * (3 + 4)  # "echo: question i" and "echo 1: question i"
+
+
 def test_requests_flow_across_batches_up_to_the_concurrency_limit(server):
     server.configure(latency=0.2)
     prompts = [f"q{i}" for i in range(96)]

@@ -256,5 +256,5 @@ def test_litellm_asks_for_n_choices_in_one_request(server):
     pytest.importorskip("litellm")
     (out,) = _litellm(server).generate([_chat("many words here")], num_generations=2)
     assert out["generations"] == ["echo: many words here", "echo 1: many words here"]
-    assert out["statistics"]["input_tokens"] == [3, 3]
+    assert out["statistics"]["input_tokens"] == [2, 1]  # one prompt of 3 tokens, paid once, shared out
     assert server.total_requests == 1 and server.requests[-1]["body"]["n"] == 2
