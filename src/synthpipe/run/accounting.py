@@ -184,22 +184,27 @@ class Accounting:
             return True
         if self.stopped_by_budget:
             return False
-        spent = self.spent()
+        spent, limit = self.spent(), self._limit()
         pending = sum(self._expected(s, r) for s, r in running if s in self.model_steps)
-        if spent < self._limit() and self.per_row(step) is None:  # a generator's requests are not held
-            return rows == 0 or not any(s == step for s, _ in running)
-        wanted = self._expected(step, rows)
-        if spent + pending + wanted <= self._limit() and spent < self._limit():
-            return True
+        if self.per_row(step) is None:  # nothing to go on yet (a generator's requests are not held)
+            if spent + pending < limit:
+                return rows == 0 or not any(s == step for s, _ in running)
+            wanted = 0.0
+        else:
+            wanted = self._expected(step, rows)
+            if spent + pending + wanted <= limit:
+                return True
         self._stop(spent, pending, wanted, len(running))
         return False
 
     def over_budget(self, in_flight: int) -> bool:
-        """True (once) when what was spent already reaches the budget (nothing more can go)."""
+        """True (once) when what was spent has passed the budget (the gate missed: a first
+        batch with no cost per row to go on); reaching it exactly lets a run that has nothing
+        left to send finish."""
         if self.budget is None or self.stopped_by_budget:
             return False
         spent = self.spent()
-        if spent < self._limit():
+        if spent <= self._limit():
             return False
         self._stop(spent, 0.0, 0.0, in_flight)
         return True
