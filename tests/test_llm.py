@@ -72,6 +72,18 @@ def test_several_choices_in_one_request_count_the_prompt_once(server):
     assert entry["output_tokens"] == 4 * (3 + 4)  # "echo: question i" and "echo 1: question i"
 
 
+@pytest.mark.parametrize("backend", ["OllamaLLM", "ClientvLLM"])
+def test_ollama_and_vllm_servers_report_their_usage_into_the_tally(server, backend):
+    import synthpipe.models as models
+
+    llm = getattr(models, backend)(model="test-model", base_url=server.base_url, max_retries=1)
+    with Pipeline(name=f"usage-{backend}") as pipeline:
+        LoadDataFromDicts(data=[{"instruction": f"question {i}"} for i in range(3)]) >> TextGeneration(
+            name="gen", llm=llm)
+    entry = assert_tally_matches_rows(pipeline.run())
+    assert (entry["input_tokens"], entry["output_tokens"]) == (3 * 2, 3 * 3)
+
+
 def test_requests_flow_across_batches_up_to_the_concurrency_limit(server):
     server.configure(latency=0.2)
     prompts = [f"q{i}" for i in range(96)]
