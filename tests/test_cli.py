@@ -67,9 +67,11 @@ def test_pipeline_run_with_typed_params_then_runs_and_cost(tmp_path, server):
     cache = tmp_path / "cache"
     path = llm_file(tmp_path, server.base_url, prices=PRICES)
     out = synthpipe("pipeline", "run", "--config", str(path), "--param", "gen.input_batch_size=2",
-                    "--param", "gen.llm.max_concurrency=2", env={"SYNTHPIPE_CACHE_DIR": str(cache)})
+                    "--param", "gen.llm.max_concurrency=2", "--param", "gen.llm.generation_kwargs.temperature=0.25",
+                    env={"SYNTHPIPE_CACHE_DIR": str(cache)})
     assert out.returncode == 0, out.stderr
     assert "default: 12 rows" in out.stdout
+    assert {r["body"].get("temperature") for r in server.requests[-12:]} == {0.25}  # one entry of a dict, typed
     [run] = runs_json(cache)
     assert run["status"] == "finished" and run["rows"] == {"gen": 12} and run["failed_rows"] == 0
     run_dir = Path(run["path"])
