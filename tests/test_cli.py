@@ -412,6 +412,30 @@ def test_a_money_budget_stops_before_passing_it(tmp_path, server):
     assert run["budget"] == {"cost": pytest.approx(per_row * 8), "tokens": None}
 
 
+def test_a_token_budget_over_two_model_steps_is_not_passed_and_resume_finishes(tmp_path, server):
+    server.configure(latency=0.1)
+    cache = tmp_path / "cache"
+    with Pipeline(name="two-llm-steps") as pipeline:
+        load = LoadDataFromDicts(data=[{"instruction": f"question {i}"} for i in range(16)], batch_size=2)
+        first = TextGeneration(name="gen", llm=OpenAILLM(model="test-model", base_url=server.base_url),
+                               input_batch_size=2)
+        second = TextGeneration(name="again", llm=OpenAILLM(model="test-model", base_url=server.base_url),
+                                input_batch_size=2, input_mappings={"instruction": "generation"},
+                                output_mappings={"generation": "second"})
+        load >> first >> second
+    path = pipeline.save(tmp_path / "two.yaml")
+    env = {"SYNTHPIPE_CACHE_DIR": str(cache)}
+    stopped = synthpipe("run", str(path), "-p", "gen.llm.max_concurrency=8", "-p", "again.llm.max_concurrency=8",
+                        "--max-budget", "40 tokens", env=dict(env), timeout=200)
+    assert stopped.returncode == 1 and "stopped before passing the budget of 40 tokens" in stopped.stderr
+    [run] = runs_json(cache)
+    assert run["status"] == "budget" and 0 < run["paid_tokens"] <= 40
+    resumed = synthpipe("run", str(path), "--max-budget", "100000 tokens", env=dict(env), timeout=200)
+    assert resumed.returncode == 0, resumed.stderr
+    runs = sorted(runs_json(cache), key=lambda r: r["run"])
+    assert sum(r["paid_tokens"] for r in runs) == 16 * (2 + 3) + 16 * (3 + 4), [r["usage"] for r in runs]
+
+
 def test_a_provider_reported_cost_is_used_where_no_price_is_given(tmp_path, server):
     server.configure(cost_per_token=0.001)
     cache = tmp_path / "cache"

@@ -133,7 +133,7 @@ class Accounting:
             return
         if kind == RESPONSE:
             try:
-                self.tally.add_answers(payload[0], payload[1])
+                self.tally.add_answers(payload[0], payload[1], payload[2] if len(payload) > 2 else None)
             except Exception:
                 pass
 

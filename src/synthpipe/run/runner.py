@@ -267,7 +267,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     def record(kind: str, payload: Any) -> None:
         accounting.record(kind, payload)
         if kind == RESPONSE and durable:
-            responses.append(*payload)
+            responses.append(payload[0], payload[1])
 
     signals = StopSignals()
     accounting.on_stop = lambda: signals.request_stop("a stop request (max_budget)")

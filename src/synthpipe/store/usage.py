@@ -208,8 +208,11 @@ class UsageTally:
                 entry.reported_cost = (entry.reported_cost or 0.0) + cost
         return usage
 
-    def add_answers(self, namespace: str, answers: list[tuple[str, Any]]) -> None:
-        step, model = self.namespaces.get(namespace, (namespace, namespace))
+    def add_answers(self, namespace: str, answers: list[tuple[str, Any]], step: str | None = None) -> None:
+        """Fresh answers of ``step`` (the one that asked: two steps may share a model set-up,
+        and so a namespace), else of the step the namespace was first watched for."""
+        first, model = self.namespaces.get(namespace, (namespace, namespace))
+        step = step or first
         for name, (tokens_in, tokens_out, count, cost) in answers_usage(answers, model).items():
             entry = self._entry(step, name)
             entry.paid_input = (entry.paid_input or 0) + tokens_in
@@ -223,7 +226,6 @@ class UsageTally:
         the models a composite LLM calls): their paid count starts at zero (every answer it used
         came from the cache until one is asked for)."""
         self.namespaces.setdefault(namespace, (step, model))
-        step, model = self.namespaces[namespace]
         for name in parts or [model]:
             entry = self._entry(step, name)
             entry.paid_input = entry.paid_input or 0
