@@ -24,7 +24,8 @@ app = typer.Typer(name="synthpipe", no_args_is_help=True, add_completion=False, 
 pipeline_app = typer.Typer(no_args_is_help=True, help="distilabel's commands: run or describe a pipeline file.")
 app.add_typer(pipeline_app, name="pipeline")
 
-PARAM_HELP = "A runtime parameter, STEP.KEY=VALUE or STEP.llm.KEY=VALUE (typed by the parameter); repeatable."
+PARAM_HELP = ("A runtime parameter, STEP.KEY=VALUE, STEP.llm.KEY=VALUE or one entry of a dict one "
+              "(STEP.llm.generation_kwargs.temperature=0.7), typed by the parameter; repeatable.")
 TRUST_HELP = "Import custom step classes from this module when loading a pipeline file; repeatable."
 
 
