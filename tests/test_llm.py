@@ -19,6 +19,7 @@ from synthpipe.models import OpenAILLM
 from synthpipe.pipeline import Pipeline
 from synthpipe.steps import LoadDataFromDicts, StepResources
 from synthpipe.steps.tasks import ChatGeneration, TextGeneration
+from usage_check import assert_tally_matches_rows
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_leftover_workers")]
 
@@ -46,7 +47,9 @@ def _rows(distiset) -> list[dict]:
 
 def test_text_generation_writes_generations_in_order_with_metadata(server):
     prompts = [f"question {i}" for i in range(40)]
-    rows = _rows(_pipeline(server, prompts).run())
+    result = _pipeline(server, prompts).run()
+    rows = _rows(result)
+    assert assert_tally_matches_rows(result)["input_tokens"] == 40 * 2  # the usage tally, from the server's counts
     assert [r["instruction"] for r in rows] == prompts
     assert [r["generation"] for r in rows] == [f"echo: {p}" for p in prompts]
     first = rows[0]
@@ -56,6 +59,29 @@ def test_text_generation_writes_generations_in_order_with_metadata(server):
     assert meta["raw_output_gen"] == "echo: question 0"
     assert meta["statistics_gen"] == {"input_tokens": 2, "output_tokens": 3}
     assert server.total_requests == 40
+
+
+def test_several_choices_in_one_request_count_the_prompt_once(server):
+    with Pipeline(name="choices") as pipeline:
+        load = LoadDataFromDicts(data=[{"instruction": f"question {i}"} for i in range(4)])
+        load >> TextGeneration(name="gen", llm=_llm(server), num_generations=2, group_generations=True)
+    result = pipeline.run()
+    assert server.total_requests == 4  # n=2 in each request
+    entry = assert_tally_matches_rows(result)
+    assert entry["input_tokens"] == 4 * 2  # a 2-token prompt per request, paid once, not once per choice
+    assert entry["output_tokens"] == 4 * (3 + 4)  # "echo: question i" and "echo 1: question i"
+
+
+@pytest.mark.parametrize("backend", ["OllamaLLM", "ClientvLLM"])
+def test_ollama_and_vllm_servers_report_their_usage_into_the_tally(server, backend):
+    import synthpipe.models as models
+
+    llm = getattr(models, backend)(model="test-model", base_url=server.base_url, max_retries=1)
+    with Pipeline(name=f"usage-{backend}") as pipeline:
+        LoadDataFromDicts(data=[{"instruction": f"question {i}"} for i in range(3)]) >> TextGeneration(
+            name="gen", llm=llm)
+    entry = assert_tally_matches_rows(pipeline.run())
+    assert (entry["input_tokens"], entry["output_tokens"]) == (3 * 2, 3 * 3)
 
 
 def test_requests_flow_across_batches_up_to_the_concurrency_limit(server):

@@ -22,6 +22,7 @@ from synthpipe.models.base import LLM
 from synthpipe.pipeline import Pipeline
 from synthpipe.steps import LoadDataFromDicts
 from synthpipe.steps.tasks import TextGeneration
+from usage_check import assert_tally_matches_rows
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_leftover_workers")]
 
@@ -115,6 +116,7 @@ def test_generations_in_order_with_token_counts_and_429s_retried_after_retry_aft
     assert [r["generation"] for r in rows] == [f"echo: {p}" for p in prompts]
     assert {r["model_name"] for r in rows} == {backend.model}
     assert rows[0]["synthpipe_metadata"]["statistics_gen"] == {"input_tokens": 3, "output_tokens": 4}
+    assert assert_tally_matches_rows(result)["requests"] == len(prompts)  # retries are not paid answers
     assert [server.attempts(p) for p in prompts[-3:]] == [1, 3, 2]
     assert server.stats()["statuses"]["429"] == 2
     assert server.total_requests == 10 + 3 + 2
@@ -254,5 +256,5 @@ def test_litellm_asks_for_n_choices_in_one_request(server):
     pytest.importorskip("litellm")
     (out,) = _litellm(server).generate([_chat("many words here")], num_generations=2)
     assert out["generations"] == ["echo: many words here", "echo 1: many words here"]
-    assert out["statistics"]["input_tokens"] == [3, 3]
+    assert out["statistics"]["input_tokens"] == [2, 1]  # one prompt of 3 tokens, paid once, shared out
     assert server.total_requests == 1 and server.requests[-1]["body"]["n"] == 2

@@ -21,6 +21,7 @@ from synthpipe.steps.embeddings import EmbeddingGeneration
 from synthpipe.steps.tasks import TextGeneration
 from synthpipe.testing.processes import stop_process
 from synthpipe.testing.tiny_models import minilm_path
+from usage_check import assert_tally_matches_rows
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("no_leftover_workers")]
 
@@ -67,6 +68,7 @@ def test_transformers_llm_generates_through_the_chat_template(llama_dir):
         stats = row["synthpipe_metadata"]["statistics_gen"]
         assert all(0 < n <= 12 for n in stats["output_tokens"]) and stats["input_tokens"][0] > 3
     assert rows[0]["model_name"] == str(llama_dir)
+    assert_tally_matches_rows(result)  # counted with the tokenizer, into the run's usage tally
 
 
 def test_transformers_llm_structured_output_with_outlines(llama_dir):
@@ -91,6 +93,7 @@ def test_llama_cpp_llm_generates_and_keeps_to_a_json_schema(gguf):
     assert [r["instruction"] for r in rows] == PROMPTS
     assert all(isinstance(r["generation"], str) for r in rows)
     assert all(0 < r["synthpipe_metadata"]["statistics_gen"]["output_tokens"] <= 12 + 3 for r in rows)
+    assert_tally_matches_rows(plain)
 
     llm = LlamaCppLLM(model_path=str(gguf), n_ctx=512, n_threads=1, structured_output={"schema": SCHEMA})
     with Pipeline(name="llamacpp-json") as pipeline:

@@ -8,10 +8,13 @@ import re
 
 import pytest
 
+from synthpipe.errors import SynthpipeUserError
 from synthpipe.models import MixtureOfAgentsLLM, OpenAILLM
 from synthpipe.pipeline import Pipeline
 from synthpipe.steps import LoadDataFromDicts
 from synthpipe.steps.tasks import TextGeneration
+from synthpipe.store.run_record import read_run
+from usage_check import tally_of
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_leftover_workers")]
 
@@ -85,3 +88,43 @@ def test_its_signature_follows_the_models_inside():
     assert a.signature_fields() != b.signature_fields()
     with pytest.raises(ValueError):
         MixtureOfAgentsLLM(aggregator_llm=a.aggregator_llm, proposers_llms=[])
+
+
+def test_every_call_of_the_mixture_is_counted_per_model_and_priced(srv):
+    prices = {"agg": {"input": 1.0, "output": 2.0}, "p1": {"input": 3.0, "output": 4.0},
+              "p2": {"input": 5.0, "output": 6.0}}
+    with Pipeline(name="moa-usage", prices=prices) as pipeline:
+        LoadDataFromDicts(data=[{"instruction": f"usage-q{i}"} for i in range(3)]) >> TextGeneration(
+            name="gen", llm=_moa(srv, rounds=2), num_generations=2)
+    result = pipeline.run()
+    rows = result["default"]["train"].to_list()
+    assert len(rows) == 6 and result.failed_rows == []
+    want: dict[str, list[int]] = {}  # per model, the words the server counted as tokens
+    for request in srv.state.recent_requests():
+        body = request["body"]
+        if "usage-q" in str(body.get("messages")):
+            entry = want.setdefault(body["model"], [0, 0])
+            entry[0] += sum(len(str(m["content"]).split()) for m in body["messages"])
+            entry[1] += len(_respond(body).split())
+    usage = tally_of(result)
+    assert set(usage) == set(want) == {"agg", "p1", "p2"}  # the proposers' tokens too, each under its model
+    for model, (tokens_in, tokens_out) in want.items():
+        u = usage[model]
+        assert (u["input_tokens"], u["output_tokens"], u["paid_input"], u["paid_output"]) == (
+            tokens_in, tokens_out, tokens_in, tokens_out), model
+        assert u["requests"] == 3  # one answer per input row (both its generations)
+    stats = rows[0]["synthpipe_metadata"]["statistics_gen"]
+    assert {m["model"] for m in stats["models"]} == {"agg", "p1", "p2"}
+    assert stats["input_tokens"] == sum(m["input_tokens"] for m in stats["models"])
+    cost = sum(want[m][0] * prices[m]["input"] + want[m][1] * prices[m]["output"] for m in want) / 1_000_000
+    assert read_run(result.run_dir)["cost"] == pytest.approx(cost)
+
+
+def test_a_money_budget_needs_a_price_for_every_model_inside():
+    llm = MixtureOfAgentsLLM(aggregator_llm=OpenAILLM(model="agg", base_url="http://127.0.0.1:9/v1"),
+                             proposers_llms=[OpenAILLM(model="p1", base_url="http://127.0.0.1:9/v1")])
+    assert llm.component_models() == ["agg", "p1"]
+    with Pipeline(name="moa-budget", prices={"agg": {"input": 1.0, "output": 1.0}}, max_budget=1.0) as pipeline:
+        LoadDataFromDicts(data=[{"instruction": "q"}]) >> TextGeneration(name="gen", llm=llm)
+    with pytest.raises(SynthpipeUserError, match="no price for p1"):
+        pipeline.run()

@@ -480,3 +480,26 @@ def test_worker_capacity_is_never_exceeded(capacity):
     assert [peaks[("a", r)] for r in range(2)] == [capacity] * 2
     assert [peaks[("b", r)] for r in range(3)] == [capacity] * 3
     assert peaks[("gen", 0)] == capacity
+
+
+def test_a_withdrawn_batch_waits_for_a_worker_again_and_a_stop_drains():
+    """A job the executor did not send after all (a budget held it back) goes back unsent:
+    the next round hands out the same batch, and a stop then drains once nothing runs."""
+    from synthpipe.runtime.scheduler import Drained
+
+    sched = Scheduler([gen("gen", ("a",), batch_size=4), step("a", ("gen",), (), batch_size=2, capacity=1)])
+    sched.start()
+    sched.worker_ready("a", 0)
+    asks = [x for x in sched.worker_ready("gen", 0) if isinstance(x, Generate)]
+    actions = []
+    for i, ask in enumerate(asks):  # the first holds every row and is the generator's last
+        actions += sched.batch_done("gen", 0, ask.ticket, rows_of(4) if i == 0 else [], last=True)
+    [first] = [x for x in actions if isinstance(x, Dispatch)]
+    sched.withdraw("a", first.ticket)
+    assert first.ticket not in sched.in_flight_tickets()
+    sched.check_invariants()
+    again = [x for x in sched.worker_ready("a", 0) if isinstance(x, Dispatch)]  # the next round, whatever starts it
+    assert [(x.batch.seq, x.batch.size) for x in again] == [(first.batch.seq, 2)]
+    sched.withdraw("a", again[0].ticket)
+    assert sched.in_flight_tickets() == set(), {n: st.in_flight for n, st in sched.states.items()}
+    assert any(isinstance(x, Drained) for x in sched.request_stop())

@@ -24,7 +24,8 @@ app = typer.Typer(name="synthpipe", no_args_is_help=True, add_completion=False, 
 pipeline_app = typer.Typer(no_args_is_help=True, help="distilabel's commands: run or describe a pipeline file.")
 app.add_typer(pipeline_app, name="pipeline")
 
-PARAM_HELP = "A runtime parameter, STEP.KEY=VALUE or STEP.llm.KEY=VALUE (typed by the parameter); repeatable."
+PARAM_HELP = ("A runtime parameter, STEP.KEY=VALUE, STEP.llm.KEY=VALUE or one entry of a dict one "
+              "(STEP.llm.generation_kwargs.temperature=0.7), typed by the parameter; repeatable.")
 TRUST_HELP = "Import custom step classes from this module when loading a pipeline file; repeatable."
 
 
@@ -71,6 +72,21 @@ BUDGET_HELP = "Stop (keeping every finished batch) before passing this: money (e
               "or tokens (e.g. '50000 tokens'); a resumed run gets a new budget."
 
 
+REPO_HELP = "Push the result (a Distiset: one config per leaf, a card, pipeline.yaml) to this Hub dataset repo."
+TOKEN_HELP = "The Hub token for the push (else HF_TOKEN or the saved login); never printed."
+
+
+def _push(repo_id: Optional[str], commit_message: Optional[str], private: bool,
+          token: Optional[str]) -> Optional[dict[str, Any]]:
+    """The push the flags ask for; the other push flags without --repo-id are a usage error."""
+    if repo_id is None:
+        if commit_message or private or token:
+            _err("synthpipe: error: --commit-message, --private and --token go with --repo-id")
+            raise typer.Exit(EXIT_USAGE)
+        return None
+    return {"repo_id": repo_id, "commit_message": commit_message, "private": private, "token": token}
+
+
 def parse_budget(text: Optional[str]) -> Any:
     """``2.5`` is money; ``50000 tokens`` (or ``50000t``) is tokens."""
     if text is None:
@@ -87,7 +103,7 @@ def parse_budget(text: Optional[str]) -> Any:
 
 def _run(source: str, params: list[str], use_cache: bool, retry_failed: bool, output: Optional[Path],
          cache_dir: Optional[str], pipeline_name: Optional[str], trust: list[str], allow_custom: bool,
-         max_budget: Optional[str] = None) -> None:
+         max_budget: Optional[str] = None, push: Optional[dict[str, Any]] = None) -> None:
     from synthpipe.cli.loading import load_pipeline
     from synthpipe.cli.params import parse_params
 
@@ -107,6 +123,10 @@ def _run(source: str, params: list[str], use_cache: bool, retry_failed: bool, ou
         if distiset.failed_rows:
             print(f"{len(distiset.failed_rows):,} failed row(s): synthpipe failures {run}")
         print(f"run {run} in {distiset.run_dir}" + (f"; saved to {output}" if output else ""))
+        if push and push.get("repo_id"):
+            distiset.push_to_hub(push["repo_id"], private=push["private"], token=push["token"],
+                                 **({"commit_message": push["commit_message"]} if push["commit_message"] else {}))
+            print(f"pushed to the Hub: dataset {push['repo_id']}" + (" (private)" if push["private"] else ""))
 
     _guard(body)
 
@@ -123,23 +143,32 @@ def run_command(
     trust: list[str] = typer.Option([], "--trust", help=TRUST_HELP),
     allow_custom: bool = typer.Option(False, "--allow-custom", help="Import any class a pipeline file names."),
     max_budget: Optional[str] = typer.Option(None, "--max-budget", help=BUDGET_HELP),
+    repo_id: Optional[str] = typer.Option(None, "--repo-id", help=REPO_HELP),
+    commit_message: Optional[str] = typer.Option(None, "--commit-message", help="The commit message of the push."),
+    private: bool = typer.Option(False, "--private/--no-private", help="Make the pushed dataset private."),
+    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP, show_default=False),
 ) -> None:
-    """Run a pipeline: resumes where an earlier run of it stopped."""
+    """Run a pipeline: resumes where an earlier run of it stopped; with --repo-id, push the result."""
     _run(source, param, not no_cache, retry_failed, output, cache_dir, pipeline_name, trust, allow_custom,
-         max_budget)
+         max_budget, _push(repo_id, commit_message, private, token))
 
 
 @pipeline_app.command("run")
 def pipeline_run(
     config: str = typer.Option(..., "--config", help="The pipeline file: a path or an http(s) URL."),
     param: list[str] = typer.Option([], "--param", help=PARAM_HELP),
-    ignore_cache: bool = typer.Option(False, "--ignore-cache", help="Compute everything again."),
+    ignore_cache: bool = typer.Option(False, "--ignore-cache/--no-ignore-cache", help="Compute everything again."),
     output: Optional[Path] = typer.Option(None, "--output", help="Save the result (a Distiset) here."),
     trust: list[str] = typer.Option([], "--trust", help=TRUST_HELP),
     max_budget: Optional[str] = typer.Option(None, "--max-budget", help=BUDGET_HELP),
+    repo_id: Optional[str] = typer.Option(None, "--repo-id", help=REPO_HELP),
+    commit_message: Optional[str] = typer.Option(None, "--commit-message", help="The commit message of the push."),
+    private: bool = typer.Option(False, "--private/--no-private", help="Make the pushed dataset private."),
+    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP, show_default=False),
 ) -> None:
-    """Run the pipeline a file describes (as distilabel's `pipeline run`)."""
-    _run(config, param, not ignore_cache, False, output, None, None, trust, False, max_budget)
+    """Run the pipeline a file describes (as distilabel's `pipeline run`), then push it with --repo-id."""
+    _run(config, param, not ignore_cache, False, output, None, None, trust, False, max_budget,
+         _push(repo_id, commit_message, private, token))
 
 
 @pipeline_app.command("info")

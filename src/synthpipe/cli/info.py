@@ -6,6 +6,7 @@ import re
 import typing
 from typing import Any
 
+from synthpipe.cli.param_docs import doc_of
 from synthpipe.cli.params import nested_models
 from synthpipe.pipeline import Pipeline
 
@@ -33,7 +34,7 @@ def runtime_parameters(target: Any, prefix: str = "") -> list[dict[str, Any]]:
         found.append({
             "key": prefix + name, "type": type_name(info.annotation),
             "default": _shown(default), "value": _shown(current),
-            "doc": (info.description or "").strip(),
+            "optional": not info.is_required(), "doc": doc_of(name, info.description),
         })
     for name in nested_models(target):
         found.extend(runtime_parameters(getattr(target, name), f"{prefix}{name}."))
@@ -65,7 +66,7 @@ def describe(pipeline: Pipeline) -> dict[str, Any]:
         steps.append({
             "name": name, "class": f"{type(step).__module__}.{type(step).__qualname__}",
             "kind": step.step_kind, "after": pipeline.dag.predecessors(name),
-            "runtime_parameters": runtime_parameters(step),
+            "to": pipeline.dag.successors(name), "runtime_parameters": runtime_parameters(step),
         })
     return {"name": pipeline.name, "description": pipeline.description, "steps": steps,
             "connections": [{"from": a, "to": b} for a, b in pipeline.dag.edges()]}
@@ -86,16 +87,17 @@ def render(info: dict[str, Any]) -> Any:
         steps.add_row(s["name"], s["class"], s["kind"], ", ".join(s["after"]) or "-")
     parts.append(steps)
     connections = Table(title="Connections", title_justify="left")
-    connections.add_column("from")
-    connections.add_column("to")
-    for edge in info["connections"]:
-        connections.add_row(edge["from"], edge["to"])
+    connections.add_column("from step")
+    connections.add_column("to steps")
+    for s in info["steps"]:
+        connections.add_row(s["name"], ", ".join(s["to"]) or "No downstream steps")
     parts.append(connections)
     params = Table(title="Runtime parameters (--param STEP.KEY=VALUE)", title_justify="left")
-    for column in ("step", "key", "type", "default", "value", "doc"):
+    for column in ("step", "key", "type", "default", "value", "optional", "doc"):
         params.add_column(column, overflow="fold")
     for s in info["steps"]:
         for p in s["runtime_parameters"]:
-            params.add_row(s["name"], p["key"], p["type"], repr(p["default"]), repr(p["value"]), p["doc"])
+            params.add_row(s["name"], p["key"], p["type"], repr(p["default"]), repr(p["value"]),
+                           "Yes" if p["optional"] else "No", p["doc"])
     parts.append(params)
     return Group(*parts)

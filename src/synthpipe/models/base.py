@@ -131,6 +131,11 @@ class LLM(BaseModel):
     def runtime_parameter_names(cls) -> list[str]:
         return _runtime_parameter_names(cls)
 
+    def component_models(self) -> list[str]:
+        """The models whose tokens this LLM pays for, as prices name them: itself, or the
+        models a composite one (a mixture of agents) calls."""
+        return [self.model_name]
+
     def load(self) -> None:
         """Runs in the worker before the first batch: open clients, load weights."""
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar, Union
 from synthpipe.models.base import LLM, AsyncLLM, ChatType, GenerateOutput
 
 T = TypeVar("T")
-RESPONSE = "response"  # the kind of record a worker hands the coordinator: (namespace, [(key, answer)])
+RESPONSE = "response"  # the kind of record a worker hands the coordinator: (namespace, [(key, answer)], step)
 FLUSH_ANSWERS = 64
 FLUSH_SECONDS = 0.05
 
@@ -52,8 +52,10 @@ class ResponseCache:
 
     def __init__(self, llm: LLM, folder: Path | None, read: bool) -> None:
         from synthpipe.store.responses import ResponseIndex
+        from synthpipe.worker_context import context
 
         self.namespace = namespace_of(llm)
+        self.step = context().get("step")  # two steps with the same model set-up share a namespace
         self._stored = ResponseIndex(folder, self.namespace) if folder is not None and read else None
         self.hits = 0
         self._pending: list[tuple[str, Any]] = []
@@ -82,7 +84,7 @@ class ResponseCache:
             self._timer = None
         if self._pending:
             pending, self._pending = self._pending, []
-            publish(RESPONSE, (self.namespace, pending))
+            publish(RESPONSE, (self.namespace, pending, self.step))
 
 
 _CACHES: dict[int, ResponseCache] = {}

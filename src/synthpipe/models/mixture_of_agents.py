@@ -8,6 +8,11 @@ It is an LLM like any other, so any task can use it. Each proposer uses its own
 ``generation_kwargs``; the aggregator its own merged with this LLM's. A structured output set
 on this LLM (a task's schema) applies to the aggregator, whose answer is the one returned.
 A request that fails in any proposer or in the aggregator fails that row with its error.
+
+Every call is paid for, so each generation's statistics count them all: ``input_tokens`` and
+``output_tokens`` are the totals over the proposers' and the aggregator's requests, and
+``models`` splits them per model (``[{"model", "input_tokens", "output_tokens"}]``), which
+is what the run's usage tally and prices go by.
 """
 
 from __future__ import annotations
@@ -88,22 +93,49 @@ class MixtureOfAgentsLLM(AsyncLLM):
             raise ValueError(f"{llm.model_name} returned no text")
         return answer
 
-    async def _mixture(self, chat: ChatType, **kwargs: Any) -> GenerateOutput:
+    def component_models(self) -> list[str]:
+        """The model names this mixture pays for (aggregator first), each once."""
+        names: list[str] = []
+        for llm in self._all():
+            names.extend(n for n in llm.component_models() if n not in names)
+        return names
+
+    async def _mixture(self, chat: ChatType, **kwargs: Any) -> tuple[str, dict[str, list[int]]]:
+        """The aggregator's text and, per model, [input tokens, output tokens] of every call."""
+        used: dict[str, list[int]] = {}
         answers: list[str] = []
         for round_ in range(self.rounds):
             prompt = chat if round_ == 0 else with_references(chat, answers)
             outputs = await asyncio.gather(*(self._one(p, prompt) for p in self.proposers_llms))
+            for llm, output in zip(self.proposers_llms, outputs, strict=True):
+                _count(used, llm, output)
             answers = [output["generations"][0] for output in outputs]
-        return await self._one(self.aggregator_llm, with_references(chat, answers), **kwargs)
+        final = await self._one(self.aggregator_llm, with_references(chat, answers), **kwargs)
+        _count(used, self.aggregator_llm, final)
+        return final["generations"][0], used  # type: ignore[return-value]
 
     async def agenerate(self, input: ChatType, num_generations: int = 1, **kwargs: Any) -> GenerateOutput:
         outputs = await asyncio.gather(*(self._mixture(input, **kwargs) for _ in range(num_generations)))
-        statistics: dict[str, list[Any]] = {}
-        for output in outputs:
-            for key, values in (output.get("statistics") or {}).items():
-                if isinstance(values, (list, tuple)) and values:
-                    statistics.setdefault(key, []).append(values[0])
-        result: GenerateOutput = {"generations": [o["generations"][0] for o in outputs]}  # type: ignore[typeddict-item]
-        if statistics and all(len(v) == num_generations for v in statistics.values()):
-            result["statistics"] = statistics  # type: ignore[typeddict-unknown-key]
-        return result
+        per_model = [[{"model": name, "input_tokens": tokens[0], "output_tokens": tokens[1]}
+                      for name, tokens in used.items()] for _, used in outputs]
+        return {"generations": [text for text, _ in outputs],  # type: ignore[typeddict-unknown-key]
+                "statistics": {"input_tokens": [sum(m["input_tokens"] for m in ms) for ms in per_model],
+                               "output_tokens": [sum(m["output_tokens"] for m in ms) for ms in per_model],
+                               "models": per_model}}
+
+
+def _count(used: dict[str, list[int]], llm: LLM, output: GenerateOutput) -> None:
+    """Add one call's tokens to ``used``: per model, or the inner mixture's own split."""
+    statistics: dict[str, Any] = dict(output.get("statistics") or {})
+    inner = statistics.get("models")
+    if isinstance(inner, list) and inner and isinstance(inner[0], list):
+        for entry in inner[0]:
+            tokens = used.setdefault(str(entry["model"]), [0, 0])
+            tokens[0] += int(entry.get("input_tokens") or 0)
+            tokens[1] += int(entry.get("output_tokens") or 0)
+        return
+    tokens = used.setdefault(llm.model_name, [0, 0])
+    for i, key in enumerate(("input_tokens", "output_tokens")):
+        values = statistics.get(key)
+        value = values[0] if isinstance(values, (list, tuple)) and values else values
+        tokens[i] += int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0

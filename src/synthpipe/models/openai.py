@@ -153,23 +153,32 @@ def completions_of(answer: dict[str, Any]) -> GenerateOutput:
     choices = sorted(answer.get("choices") or [], key=lambda c: c.get("index", 0))
     texts = [choice.get("text") for choice in choices]
     usage = answer.get("usage") or {}
-    n = max(1, len(texts))
     return {"generations": texts, "statistics": {
-        "input_tokens": [int(usage.get("prompt_tokens") or 0)] * len(texts),
-        "output_tokens": [int(usage.get("completion_tokens") or 0) // n] * len(texts)}}
+        "input_tokens": shared_out(int(usage.get("prompt_tokens") or 0), len(texts)),
+        "output_tokens": shared_out(int(usage.get("completion_tokens") or 0), len(texts))}}
+
+
+def shared_out(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` near-equal whole numbers that add up to it (a server
+    reports one completion-token count for all its choices: none may be lost in the split)."""
+    if parts <= 0:
+        return []
+    share, rest = divmod(total, parts)
+    return [share + (1 if i < rest else 0) for i in range(parts)]
 
 
 def generations_of(answer: dict[str, Any], num_generations: int) -> GenerateOutput:
     """Texts and token counts of a chat-completions answer. With several choices the server
-    reports one completion-token total: it is shared out evenly among them."""
+    reports one prompt and one completion total for the request (the prompt is paid once, not
+    once per choice): each is shared out among them, so the generations add up to what was paid."""
     choices = sorted(answer.get("choices") or [], key=lambda c: c.get("index", 0))
     texts = [(choice.get("message") or {}).get("content") for choice in choices]
     usage = answer.get("usage") or {}
     n = max(1, len(texts))
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
-    statistics: dict[str, Any] = {"input_tokens": [prompt] * len(texts),
-                                  "output_tokens": [completion // n] * len(texts)}
+    statistics: dict[str, Any] = {"input_tokens": shared_out(prompt, len(texts)),
+                                  "output_tokens": shared_out(completion, len(texts))}
     cost = usage.get("cost")  # what the provider says the request cost (OpenRouter and the like)
     if isinstance(cost, (int, float)) and not isinstance(cost, bool):
         statistics["cost"] = [float(cost) / n] * len(texts)

@@ -1,8 +1,14 @@
 """The run layer's accounting for one execution: the run record, tokens and cost, the budget.
 
 ``Accounting`` sits between the executor's hooks and the store: the runner hands it what it
-already sees (batches sent and stored, fresh LLM answers) and asks it, on each tick, whether
-the budget says stop. It starts no work and never raises into the run.
+already sees (batches sent and stored, fresh LLM answers) and asks it, before each batch of a
+model step is sent, whether the budget lets it go. It starts no work and never raises into the run.
+
+The budget is an admission gate, not an alarm: a batch is held back when what was spent, plus
+what the batches already running are expected to cost, plus what this one is expected to cost,
+would pass the budget; the run then stops as for Ctrl+C. A step's cost per row is learnt from
+its answers so far (paid ones: each fresh answer arrives before its batch ends); until a step
+has one, its batches go one at a time, so a first guess can overshoot by one batch at most.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from synthpipe.errors import SynthpipeError, SynthpipeUserError
 from synthpipe.models.cache import RESPONSE, namespace_of
 from synthpipe.models.telemetry import LLM_STATS
 from synthpipe.store.run_record import RunRecorder
-from synthpipe.store.usage import Prices, UsageTally, load_prices
+from synthpipe.store.usage import ModelUsage, Prices, UsageTally, load_prices
 
 if TYPE_CHECKING:
     from synthpipe.pipeline.plan import Plan
@@ -65,6 +71,12 @@ def _models(plan: Plan) -> list[tuple[str, Any]]:
     return found
 
 
+def _priced_names(llm: Any) -> list[str]:
+    """The model names an LLM's tokens are counted (and priced) under."""
+    parts = getattr(llm, "component_models", None)
+    return [str(n) for n in parts()] if callable(parts) else [str(llm.model_name)]
+
+
 class Accounting:
     def __init__(self, plan: Plan, pipeline_name: str, store_root: Path, run_dir: Path, durable: bool,
                  prices: Union[Prices, str, None], max_budget: Any) -> None:
@@ -73,12 +85,12 @@ class Accounting:
         self.tally = UsageTally(self.prices)
         for step, llm in _models(plan) if durable else []:  # a dry run keeps no answers: all are paid
             try:
-                self.tally.watch(namespace_of(llm), step, str(llm.model_name))
+                self.tally.watch(namespace_of(llm), step, str(llm.model_name), _priced_names(llm))
             except Exception:  # a model whose set-up cannot be hashed is simply not followed
                 continue
         if self.budget is not None and self.budget.cost is not None:
-            unpriced = sorted({str(llm.model_name) for _, llm in _models(plan)
-                               if str(llm.model_name) not in self.prices})
+            unpriced = sorted({name for _, llm in _models(plan) for name in _priced_names(llm)
+                               if name not in self.prices})
             if unpriced:
                 raise SynthpipeUserError(
                     f"max_budget={self.budget.cost:g} is money, but there is no price for {', '.join(unpriced)}; "
@@ -92,6 +104,9 @@ class Accounting:
         self.stopped_by_budget = False
         self.clients: dict[str, dict[str, Any]] = {}  # the latest counters of each worker's HTTP client
         self._batches_with_usage = 0
+        self.model_steps = {name for name, _ in _models(plan)}
+        self.batch_sizes = {name: int(getattr(plan.step(name), "batch_size", 0) or 0) for name in plan.order}
+        self.on_stop: Any = lambda: None  # the runner's: ask for a graceful stop
 
     # -- what the runner hands over ---------------------------------------------------------
 
@@ -118,7 +133,7 @@ class Accounting:
             return
         if kind == RESPONSE:
             try:
-                self.tally.add_answers(payload[0], payload[1])
+                self.tally.add_answers(payload[0], payload[1], payload[2] if len(payload) > 2 else None)
             except Exception:
                 pass
 
@@ -129,22 +144,80 @@ class Accounting:
             return 0.0
         return self.tally.cost()[0] if self.budget.cost is not None else float(self.tally.paid_tokens)
 
+    def _limit(self) -> float:
+        assert self.budget is not None
+        return self.budget.cost if self.budget.cost is not None else float(self.budget.tokens or 0)
+
+    def _spend(self, usage: ModelUsage, paid: bool) -> float:
+        """What one entry cost, in the budget's unit: what was paid in this run, or (``paid``
+        False) all its tokens as if paid, for a rate learnt from answers served by the cache."""
+        if not paid:
+            usage = ModelUsage(usage.step, usage.model, usage.input_tokens, usage.output_tokens,
+                               reported_cost=usage.reported_cost)
+        if self.budget is not None and self.budget.cost is not None:
+            return usage.cost(self.prices) or 0.0
+        if usage.paid_input is not None and usage.paid_output is not None:
+            return float(usage.paid_input + usage.paid_output)
+        return float(usage.input_tokens + usage.output_tokens)
+
+    def per_row(self, step: str) -> float | None:
+        """What one row of ``step`` is expected to cost, from its answers so far (None: no answer yet)."""
+        entries = [e for e in self.tally.entries.values() if e.step == step]
+        asked = max((e.requests for e in entries), default=0)
+        if asked:
+            return sum(self._spend(e, paid=True) for e in entries) / asked
+        rows = max((e.rows for e in entries), default=0)
+        if rows:
+            return sum(self._spend(e, paid=False) for e in entries) / rows
+        return None
+
+    def _expected(self, step: str, rows: int) -> float:
+        rate = self.per_row(step)
+        return (rate or 0.0) * (rows or self.batch_sizes.get(step, 0))
+
+    def admit(self, step: str, rows: int, running: list[tuple[str, int]]) -> bool:
+        """Whether a batch of ``rows`` rows (0: a generator's batch) of ``step`` may be sent,
+        given the jobs ``running``. False for a step with no cost per row yet while one of its
+        batches runs (it goes when that one is back), and, once the budget would be passed,
+        for every model step: the run stops."""
+        if self.budget is None or step not in self.model_steps:
+            return True
+        if self.stopped_by_budget:
+            return False
+        spent, limit = self.spent(), self._limit()
+        pending = sum(self._expected(s, r) for s, r in running if s in self.model_steps)
+        if self.per_row(step) is None:  # nothing to go on yet (a generator's requests are not held)
+            if spent + pending < limit:
+                return rows == 0 or not any(s == step for s, _ in running)
+            wanted = 0.0
+        else:
+            wanted = self._expected(step, rows)
+            if spent + pending + wanted <= limit:
+                return True
+        self._stop(spent, pending, wanted, len(running))
+        return False
+
     def over_budget(self, in_flight: int) -> bool:
-        """True (once) when what was spent, plus what the batches in flight are expected to cost
-        (at the average so far), would reach the budget."""
+        """True (once) when what was spent has passed the budget (the gate missed: a first
+        batch with no cost per row to go on); reaching it exactly lets a run that has nothing
+        left to send finish."""
         if self.budget is None or self.stopped_by_budget:
             return False
-        limit = self.budget.cost if self.budget.cost is not None else float(self.budget.tokens or 0)
         spent = self.spent()
-        per_batch = spent / self._batches_with_usage if self._batches_with_usage else 0.0
-        if spent + per_batch * in_flight < limit:
+        if spent <= self._limit():
             return False
-        self.stopped_by_budget = True
-        logger.warning("synthpipe: budget %s: %s spent, about %s more in the %d batch(es) in flight; "
-                       "stopping as for Ctrl+C", self.budget.describe(), _amount(spent, self.budget),
-                       _amount(per_batch * in_flight, self.budget), in_flight)
-        self.recorder.write()
+        self._stop(spent, 0.0, 0.0, in_flight)
         return True
+
+    def _stop(self, spent: float, pending: float, wanted: float, running: int) -> None:
+        assert self.budget is not None
+        self.stopped_by_budget = True
+        logger.warning("synthpipe: budget %s: %s spent, about %s more in the %d batch(es) running and %s for the "
+                       "next one; sending no more, stopping as for Ctrl+C", self.budget.describe(),
+                       _amount(spent, self.budget), _amount(pending, self.budget), running,
+                       _amount(wanted, self.budget))
+        self.recorder.write()
+        self.on_stop()
 
     def budget_error(self) -> BudgetReached:
         assert self.budget is not None

@@ -246,8 +246,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     def tick() -> None:
         warm_up()  # the result's imports, once the workers have started: not after the last step
         progress.tick()
-        if accounting.over_budget(scheduler.jobs_in_flight()):
-            signals.request_stop("a stop request (max_budget)")
+        accounting.over_budget(scheduler.jobs_in_flight())
         if durable and time.monotonic() - synced[0] > SYNC_EVERY_SECONDS:
             ledger.sync()
             responses.sync()
@@ -264,6 +263,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
         on_log=RunLogging.worker_line,
         on_record=lambda kind, payload: record(kind, payload),
         on_sent=accounting.sent,
+        on_admit=accounting.admit if accounting.budget is not None else None,
     )
 
     def record(kind: str, payload: Any) -> None:
@@ -273,9 +273,10 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
             return
         accounting.record(kind, payload)
         if kind == RESPONSE and durable:
-            responses.append(*payload)
+            responses.append(payload[0], payload[1])
 
     signals = StopSignals()
+    accounting.on_stop = lambda: signals.request_stop("a stop request (max_budget)")
     context = ({"responses": str(store.responses_folder), "read_responses": read_responses, STORE_BATCHES: True}
                if durable else {})
     def local(names: list[str], sched: Scheduler, eager: list[str] | None, with_hooks: ExecutorHooks) -> Executor:

@@ -211,6 +211,10 @@ class ExecutorHooks:
     on_sent: Callable[[str, int, int], None] = lambda step, replica, seq: None
     """A batch (or a generator's batch number) was handed to ``replica`` of ``step``: for the
     run's timeline."""
+    on_admit: Callable[[str, int, list[tuple[str, int]]], bool] | None = None
+    """Asked before a batch (rows > 0) or a generator request (rows 0) of a step is sent, with
+    the (step, rows) of the jobs already sent and still running; False holds it back (the
+    scheduler gets it back). None: everything is sent (no budget)."""
     on_log: Callable[[int, str, str], None] = field(
         default=lambda level, name, text: logging.getLogger(name).log(level, text)
     )

@@ -50,6 +50,7 @@ class Driver:
         self._received: dict[int, bytes] = {}  # ticket -> output bytes, until persisted
         self._held: list[Action] = []  # what follows from this round's batches, until they are stored
         self._unflushed = False  # batches handed to on_persist since the last on_flush
+        self._running: dict[int, tuple[str, int]] = {}  # ticket -> (step, rows), sent under on_admit
 
     # -- the transport ---------------------------------------------------------------------
 
@@ -127,10 +128,14 @@ class Driver:
                 self._unflushed = True
             elif isinstance(action, Dispatch):
                 b = action.batch
+                if not self._admitted(b.step, action.ticket, b.size):
+                    continue
                 message = (m.BATCH, action.ticket, b.seq, b.row_start, b.inputs)
                 self._send(b.step, action.replica, action.ticket, message)
                 self.hooks.on_sent(b.step, action.replica, b.seq)
             elif isinstance(action, Generate):
+                if not self._admitted(action.step, action.ticket, 0):
+                    continue
                 message = (m.GENERATE, action.ticket, action.seq, action.offset)
                 self._send(action.step, action.replica, action.ticket, message)
                 self.hooks.on_sent(action.step, action.replica, action.seq)
@@ -152,6 +157,20 @@ class Driver:
             elif isinstance(action, Finished):
                 return True
         return None
+
+    def _admitted(self, step: str, ticket: int, rows: int) -> bool:
+        """Whether the layer above lets this job go out (a budget); a job held back goes back
+        to the scheduler, unsent."""
+        admit = self.hooks.on_admit
+        if admit is None:
+            return True
+        live = self.scheduler.in_flight_tickets()
+        self._running = {t: job for t, job in self._running.items() if t in live}
+        if admit(step, rows, list(self._running.values())):
+            self._running[ticket] = (step, rows)
+            return True
+        self.scheduler.withdraw(step, ticket)
+        return False
 
     def _fire_due_timers(self) -> bool | None:
         now = time.monotonic()

@@ -152,6 +152,7 @@ def worker_main(
     _CHANNEL[:] = [channel]
     _PUBLISHER[:] = [lambda kind, payload: channel.send(m.encode((m.RECORD, kind, payload)))]
     _CONTEXT.update(run_context or {})
+    _CONTEXT["step"] = step_name  # what the worker hands back (answers for the tally) says whose it is
     handler = _ForwardingHandler(channel)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger()

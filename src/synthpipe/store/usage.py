@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from synthpipe.errors import SynthpipeUserError
+
 METADATA_COLUMN = "synthpipe_metadata"  # as the tasks write it (steps/tasks/base.py)
 PER_TOKENS = 1_000_000  # prices are per million tokens
 
@@ -38,18 +40,18 @@ def load_prices(prices: Union[Prices, str, os.PathLike[str], None]) -> Prices:
         try:
             prices = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"prices file {str(path)!r} cannot be read: {exc}") from None
+            raise SynthpipeUserError(f"prices file {str(path)!r} cannot be read: {exc}") from None
     if not isinstance(prices, dict):
-        raise ValueError("prices must map a model name to {'input': ..., 'output': ...} (per million tokens)")
+        raise SynthpipeUserError("prices must map a model name to {'input': ..., 'output': ...} (per million tokens)")
     checked: Prices = {}
     for model, entry in prices.items():
         if not isinstance(entry, dict) or not set(entry) <= {"input", "output"} or not entry:
-            raise ValueError(f"prices for {model!r} must be {{'input': ..., 'output': ...}} per million tokens, "
-                             f"not {entry!r}")
+            raise SynthpipeUserError(f"prices for {model!r} must be {{'input': ..., 'output': ...}} per million "
+                                     f"tokens, not {entry!r}")
         try:
             checked[str(model)] = {k: float(v) for k, v in entry.items()}
         except (TypeError, ValueError):
-            raise ValueError(f"prices for {model!r} must be numbers, not {entry!r}") from None
+            raise SynthpipeUserError(f"prices for {model!r} must be numbers, not {entry!r}") from None
     return checked
 
 
@@ -68,40 +70,74 @@ def _money(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def _model_parts(value: Any) -> list[dict[str, Any]]:
+    """The per-model split a composite LLM reports (``statistics["models"]``), flattened over
+    generations: ``[{"model", "input_tokens", "output_tokens"}, ...]``."""
+    if isinstance(value, dict):
+        return [value] if "model" in value else []
+    if isinstance(value, (list, tuple)):
+        return [part for v in value for part in _model_parts(v)]
+    return []
+
+
+def _add(usage: dict[str, list[Any]], model: str, stats: dict[str, Any], count: int) -> None:
+    entry = usage.setdefault(model, [0, 0, 0, None])
+    entry[0] += _sum(stats.get("input_tokens"))
+    entry[1] += _sum(stats.get("output_tokens"))
+    entry[2] += count
+    cost = _money(stats.get("cost"))
+    if cost is not None:
+        entry[3] = (entry[3] or 0.0) + cost
+
+
+def split_usage(stats: dict[str, Any], model: str, count: int = 1) -> dict[str, list[Any]]:
+    """``{model: [input tokens, output tokens, count, reported cost]}`` of one row's (or one
+    answer's) statistics: per model where a composite LLM split them, else all ``model``'s."""
+    usage: dict[str, list[Any]] = {}
+    parts = _model_parts(stats.get("models"))
+    if parts:
+        for part in parts:
+            _add(usage, str(part["model"]), part, 0)
+        for name in usage:
+            usage[name][2] = count
+    else:
+        _add(usage, model, stats, count)
+    return usage
+
+
 def rows_usage(step: str, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """``{model: [input tokens, output tokens, rows with usage, reported cost]}`` that ``step`` used for
     these output rows (statistics of earlier steps, carried along in the metadata, are not
     counted again)."""
-    usage: dict[str, list[int]] = {}
+    usage: dict[str, list[Any]] = {}
     key = f"statistics_{step}"
     for row in rows:
         meta = row.get(METADATA_COLUMN)
         stats = meta.get(key) if isinstance(meta, dict) else None
         if not isinstance(stats, dict):
             continue
-        entry = usage.setdefault(str(row.get("model_name") or "unknown model"), [0, 0, 0, None])
-        entry[0] += _sum(stats.get("input_tokens"))
-        entry[1] += _sum(stats.get("output_tokens"))
-        entry[2] += 1
-        cost = _money(stats.get("cost"))
-        if cost is not None:
-            entry[3] = (entry[3] or 0.0) + cost
+        _merge(usage, split_usage(stats, str(row.get("model_name") or "unknown model")))
     return usage
 
 
-def answers_usage(answers: list[tuple[str, Any]]) -> tuple[int, int, int, float | None]:
-    """(input tokens, output tokens, answers, reported cost or None) of fresh answers."""
-    tokens_in = tokens_out = 0
-    cost: float | None = None
+def _merge(into: dict[str, list[Any]], more: dict[str, list[Any]]) -> None:
+    for model, (tokens_in, tokens_out, count, cost) in more.items():
+        entry = into.setdefault(model, [0, 0, 0, None])
+        entry[0] += tokens_in
+        entry[1] += tokens_out
+        entry[2] += count
+        if cost is not None:
+            entry[3] = (entry[3] or 0.0) + cost
+
+
+def answers_usage(answers: list[tuple[str, Any]], model: str) -> dict[str, list[Any]]:
+    """``{model: [input tokens, output tokens, answers, reported cost or None]}`` of fresh answers
+    (all ``model``'s, unless an answer splits its tokens per model)."""
+    usage: dict[str, list[Any]] = {}
     for _, answer in answers:
         stats = answer.get("statistics") if isinstance(answer, dict) else None
-        if isinstance(stats, dict):
-            tokens_in += _sum(stats.get("input_tokens"))
-            tokens_out += _sum(stats.get("output_tokens"))
-            reported = _money(stats.get("cost"))
-            if reported is not None:
-                cost = (cost or 0.0) + reported
-    return tokens_in, tokens_out, len(answers), cost
+        _merge(usage, split_usage(stats if isinstance(stats, dict) else {}, model))
+    return usage
 
 
 @dataclass
@@ -172,23 +208,28 @@ class UsageTally:
                 entry.reported_cost = (entry.reported_cost or 0.0) + cost
         return usage
 
-    def add_answers(self, namespace: str, answers: list[tuple[str, Any]]) -> None:
-        step, model = self.namespaces.get(namespace, (namespace, namespace))
-        entry = self._entry(step, model)
-        tokens_in, tokens_out, count, cost = answers_usage(answers)
-        entry.paid_input = (entry.paid_input or 0) + tokens_in
-        entry.paid_output = (entry.paid_output or 0) + tokens_out
-        entry.requests += count
-        if cost is not None:
-            entry.paid_reported_cost = (entry.paid_reported_cost or 0.0) + cost
+    def add_answers(self, namespace: str, answers: list[tuple[str, Any]], step: str | None = None) -> None:
+        """Fresh answers of ``step`` (the one that asked: two steps may share a model set-up,
+        and so a namespace), else of the step the namespace was first watched for."""
+        first, model = self.namespaces.get(namespace, (namespace, namespace))
+        step = step or first
+        for name, (tokens_in, tokens_out, count, cost) in answers_usage(answers, model).items():
+            entry = self._entry(step, name)
+            entry.paid_input = (entry.paid_input or 0) + tokens_in
+            entry.paid_output = (entry.paid_output or 0) + tokens_out
+            entry.requests += count
+            if cost is not None:
+                entry.paid_reported_cost = (entry.paid_reported_cost or 0.0) + cost
 
-    def watch(self, namespace: str, step: str, model: str) -> None:
-        """Answers of this response namespace are ``step``'s use of ``model``: its paid count
-        starts at zero (every answer it used came from the cache until one is asked for)."""
+    def watch(self, namespace: str, step: str, model: str, parts: list[str] | None = None) -> None:
+        """Answers of this response namespace are ``step``'s use of ``model`` (or of ``parts``,
+        the models a composite LLM calls): their paid count starts at zero (every answer it used
+        came from the cache until one is asked for)."""
         self.namespaces.setdefault(namespace, (step, model))
-        entry = self._entry(*self.namespaces[namespace])
-        entry.paid_input = entry.paid_input or 0
-        entry.paid_output = entry.paid_output or 0
+        for name in parts or [model]:
+            entry = self._entry(step, name)
+            entry.paid_input = entry.paid_input or 0
+            entry.paid_output = entry.paid_output or 0
 
     @property
     def paid_tokens(self) -> int:

@@ -39,6 +39,7 @@ class _Repo:
     repo_id: str
     private: bool
     commits: list[tuple[str, dict[str, _Entry]]] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)  # each commit's summary, in order
 
     @property
     def head(self) -> tuple[str, dict[str, _Entry]]:
@@ -318,9 +319,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(501, "the local hub stand-in commits to main only (no branches, no PRs)")
         _, tree = found.head
         tree = dict(tree)
+        summary = ""
         for item in lines:
             key, value = item["key"], item["value"]
             if key == "header":
+                summary = str(value.get("summary") or "")
                 continue
             if key == "file":
                 data = base64.b64decode(value["content"])
@@ -341,6 +344,7 @@ class _Handler(BaseHTTPRequestHandler):
         sha = hashlib.sha1(json.dumps([found.head[0], sorted((p, e.sha256) for p, e in tree.items())])
                            .encode()).hexdigest()
         found.commits.append((sha, tree))
+        found.messages.append(summary)
         self._send(200, {"commitUrl": f"{self.hub.url}/datasets/{repo}/commit/{sha}", "commitOid": sha,
                          "pullRequestUrl": None})
 

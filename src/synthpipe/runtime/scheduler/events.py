@@ -299,6 +299,23 @@ class Scheduler(FailurePolicy, BatchForming, Dispatching, Routing):
             return outcome if self.failed else [*restart, *outcome]
         return [*restart, *self._advance()]
 
+    def withdraw(self, step: str, ticket: int) -> None:
+        """A job handed out was not sent after all (the run's budget held it back): a batch
+        waits for a worker again; a generator request is taken back (a stop follows it)."""
+        st = self.states[step]
+        job = st.in_flight.get(ticket)
+        if job is None or job.replica == REPLAY:
+            return
+        self._pop_job(st, ticket, job.replica)
+        if job.batch is not None:
+            self._requeue(st, job.batch)
+        elif job.gen_seq == st.next_seq - 1:
+            st.next_seq -= 1
+
+    def in_flight_tickets(self) -> set[int]:
+        """The tickets of every job handed out and not answered yet."""
+        return {ticket for st in self.states.values() for ticket in st.in_flight}
+
     def request_stop(self) -> list[Action]:
         """Hand out no more work; let running jobs finish (the executor bounds how long)."""
         if self._over():
