@@ -1,8 +1,8 @@
 """Deduplication: ``MinHashDedup`` through a pipeline against datasketch in a plain loop.
 
-The corpus: ``--rows`` synthetic texts (30 to 60 words from a 50,000-word vocabulary); a
+The corpus: ``--rows`` synthetic texts (50 to 100 words from a 50,000-word vocabulary); a
 ``--dup-fraction`` of them are near-copies of an earlier original (one word changed, an
-estimated Jaccard similarity of about 0.95), so the duplicates are known. The same rows go
+estimated Jaccard similarity of 0.96 to 0.98), so the duplicates are known. The same rows go
 through:
 
 * **loop**: datasketch as its documentation shows it, in this one process: a ``MinHash`` per
@@ -54,7 +54,7 @@ def corpus(n: int, dup_fraction: float, seed: int = 0) -> tuple[list[dict[str, A
             rows.append({"id": i, "text": " ".join(words)})
             dups.add(i)
         else:
-            rows.append({"id": i, "text": " ".join(rng.choices(vocab, k=rng.randint(30, 60)))})
+            rows.append({"id": i, "text": " ".join(rng.choices(vocab, k=rng.randint(50, 100)))})
             originals.append(i)
     return rows, dups
 
