@@ -2,7 +2,7 @@
 
 A user's ``LoadDataFromFileSystem(data_files="big.parquet") >> step`` on Parquet files of
 ``--rows`` rows each (an id, a ~100-character text, a float; written by pyarrow with its
-default row groups), each size in a fresh process, ``pipeline.run()`` timed whole. Beside
+default row groups of 1Mi rows, ``--row-group``), each size in a fresh process, ``pipeline.run()`` timed whole. Beside
 it, the peak PSS of the process tree while the rows flow (sampled every 20 ms by a process
 of its own, as ``bench/scale.py`` does) and its anonymous part, up to the moment the last
 step saw the last row (the result build after that maps the stored rows, whatever the
@@ -56,18 +56,18 @@ class CountRows(Step):
         yield inputs
 
 
-def write_file(path: Path, rows: int) -> None:
-    """``rows`` rows, written 100k at a time (pyarrow's default row group size)."""
+def write_file(path: Path, rows: int, row_group: int) -> None:
+    """``rows`` rows in row groups of ``row_group`` rows (pyarrow's default: 1Mi)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     texts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(20)) for i in range(len(WORDS))]
     schema = pa.schema([("id", pa.int64()), ("text", pa.string()), ("score", pa.float64())])
     with pq.ParquetWriter(path, schema) as writer:
-        for start in range(0, rows, 100_000):
-            ids = list(range(start, min(start + 100_000, rows)))
+        for start in range(0, rows, row_group):
+            ids = list(range(start, min(start + row_group, rows)))
             writer.write_table(pa.table({"id": ids, "text": [f"{i} {texts[i % len(texts)]}" for i in ids],
-                                         "score": [i / 7 for i in ids]}, schema=schema))
+                                         "score": [i / 7 for i in ids]}, schema=schema), row_group_size=row_group)
 
 
 def child(path: str, rows: int, batch: int, marks: Path) -> dict[str, Any]:
@@ -125,19 +125,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--row-group", type=int, default=1 << 20)
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "parquet_read.json")
     args = parser.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory(prefix="synthpipe-parquet-files-") as folder:
         for rows in args.rows:
             path = Path(folder) / f"rows-{rows}.parquet"
-            write_file(path, rows)
-            results.append(measure(path, rows, args.batch))
+            write_file(path, rows, args.row_group)
+            results.append({**measure(path, rows, args.batch), "row_group": args.row_group})
             path.unlink()
             print(format_table(results[-1:]).splitlines()[-1], flush=True)
     print(format_table(results))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"benchmark": "synthpipe parquet read", "results": results}, indent=2))
+    args.output.write_text(json.dumps({"benchmark": "synthpipe parquet read", "cpus": os.cpu_count(), "results": results}, indent=2))
     return 0
 
 
