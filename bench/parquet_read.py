@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             print(format_table(results[-1:]).splitlines()[-1], flush=True)
     print(format_table(results))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"benchmark": "synthpipe parquet read", "cpus": os.cpu_count(), "results": results}, indent=2))
+    report = {"benchmark": "synthpipe parquet read", "cpus": os.cpu_count(), "results": results}
+    args.output.write_text(json.dumps(report, indent=2))
     return 0
 
 

@@ -27,8 +27,7 @@ import argparse
 from pathlib import Path
 
 from synthpipe.pipeline import Pipeline
-from synthpipe.steps import (EmbeddingGeneration, LoadDataFromFileSystem, MinHashDedup, PushToHub, StepInput,
-                             step)
+from synthpipe.steps import EmbeddingGeneration, LoadDataFromFileSystem, MinHashDedup, PushToHub, StepInput, step
 
 DATA = Path(__file__).resolve().parent / "data" / "dedup_sample.jsonl"
 MARK = "keep_row_after_minhash_filtering"
