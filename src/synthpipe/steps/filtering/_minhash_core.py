@@ -19,7 +19,7 @@ from typing import Any
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _CHUNK_TOKENS = 1 << 16  # tokens hashed per numpy product: 2**16 x num_perm x 4-8 bytes
-_MAX_CACHE = 1 << 21  # token -> hash entries kept between chunks (words repeat, n-grams less)
+_MAX_CACHE = 1 << 19  # token -> hash entries kept between chunks (words repeat, n-grams less): ~50 MB
 SCHEMES = ("affine32", "affine64", "legacy")
 
 
