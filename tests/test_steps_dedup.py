@@ -41,11 +41,43 @@ def corpus(n_unique: int, n_dups: int, seed: int = 0) -> tuple[list[dict], set[i
     return rows, dup_positions
 
 
-def _plain_loop(rows, **kw):
-    from synthpipe.steps.filtering.minhash import first_occurrences, signatures
+def _plain_loop(rows, tokenizer="words", n=5, threshold=0.9, num_perm=128, seed=1, scheme="affine32"):
+    """The reference: one datasketch MinHash per row and a MinHashLSH, query then insert."""
+    from datasketch import MinHash, MinHashLSH
 
-    sigs = signatures([r["text"] for r in rows], kw.get("tokenizer", "words"), 5, 128, 1)
-    return first_occurrences(sigs, kw.get("threshold", 0.9), 128, 1)
+    from synthpipe.steps.filtering._minhash_core import tokens
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    keep, sigs = [], []
+    for key, row in enumerate(rows):
+        m = MinHash(num_perm=num_perm, seed=seed, scheme=scheme)
+        m.update_batch([t.encode("utf-8") for t in set(tokens(row["text"], tokenizer, n))])
+        sigs.append(m.hashvalues)
+        if lsh.query(m):
+            keep.append(False)
+        else:
+            lsh.insert(key, m)
+            keep.append(True)
+    return keep, sigs
+
+
+@pytest.mark.parametrize("scheme", ["affine32", "affine64", "legacy"])
+@pytest.mark.parametrize("tokenizer,n", [("words", 5), ("ngrams", 3)])
+def test_numpy_signatures_and_marks_are_datasketchs_bit_for_bit(scheme, tokenizer, n):
+    import numpy as np
+
+    from synthpipe.steps.filtering._minhash_core import Hasher, first_occurrences, tokens
+
+    rows, _ = corpus(400, 80, seed=3)
+    rng = random.Random(5)
+    rows += [{"text": ""}, {"text": "Ünïcode ß straße"}, {"text": "ab"}, {"text": "  "}]
+    rows += [{"text": "".join(rng.choices("abc xyz", k=rng.randrange(1, 60)))} for _ in range(100)]
+    keep, sigs = _plain_loop(rows, tokenizer, n, threshold=0.7, num_perm=64, seed=7, scheme=scheme)
+    mine = Hasher(64, 7, scheme).signatures([tokens(r["text"], tokenizer, n) for r in rows])
+    assert mine.dtype == sigs[0].dtype
+    assert np.array_equal(mine, np.array(sigs))
+    assert first_occurrences([r["text"] for r in rows], tokenizer, n, 64, 7, 0.7, scheme) == keep
+    assert not all(keep) and any(keep)
 
 
 @pytest.mark.parametrize("replicas", [1, 3])
@@ -59,7 +91,7 @@ def test_duplicates_in_different_batches_and_replicas_are_found(replicas):
     assert [r["id"] for r in out] == list(range(len(rows)))  # no row lost, order kept
     marked = {r["id"] for r in out if not r["keep_row_after_minhash_filtering"]}
     assert marked == dups
-    assert [r["keep_row_after_minhash_filtering"] for r in out] == _plain_loop(rows, threshold=0.8)
+    assert [r["keep_row_after_minhash_filtering"] for r in out] == _plain_loop(rows, threshold=0.8)[0]
 
 
 def test_ngram_tokenizer_and_wrong_type():

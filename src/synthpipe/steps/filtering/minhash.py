@@ -8,59 +8,20 @@ and the result equals a plain single-process loop. A resume is covered by the en
 global step's output is durable once done; if the run stopped before, it runs again on the
 durable upstream rows, so no index state has to survive on its own. The price is that the
 rows sit in one worker's memory and the hashing runs in one process (workers are daemonic
-and cannot start a pool).
+and cannot start a pool); it is made cheap by hashing chunks of texts in numpy
+(``_minhash_core``), with marks bit-for-bit those of datasketch.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from synthpipe.steps.base import GlobalStep, StepInput, StepOutput
 
-_WORD = re.compile(r"\w+", re.UNICODE)
 KEEP_COLUMN = "keep_row_after_minhash_filtering"
-
-
-def shingles(text: str, tokenizer: str, n: int) -> set[bytes]:
-    """Lower-cased words, or character ``n``-grams, as bytes for datasketch."""
-    text = text.lower()
-    if tokenizer == "words":
-        return {w.encode("utf-8") for w in _WORD.findall(text)}
-    if len(text) <= n:
-        return {text.encode("utf-8")}
-    return {text[i:i + n].encode("utf-8") for i in range(len(text) - n + 1)}
-
-
-def signatures(texts: list[str], tokenizer: str, n: int, num_perm: int, seed: int) -> list[Any]:
-    """Hash values of each text's MinHash (plain arrays, cheap to send between processes)."""
-    from datasketch import MinHash
-
-    out = []
-    for text in texts:
-        m = MinHash(num_perm=num_perm, seed=seed)
-        m.update_batch(list(shingles(text, tokenizer, n)))
-        out.append(m.hashvalues)
-    return out
-
-
-def first_occurrences(hashvalues: list[Any], threshold: float, num_perm: int, seed: int) -> list[bool]:
-    """True for a row no earlier row is a near-duplicate of (LSH query, then insert)."""
-    from datasketch import MinHash, MinHashLSH
-
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    scheme = MinHash(num_perm=num_perm, seed=seed).scheme  # the scheme ``signatures`` hashed with
-    keep = []
-    for key, values in enumerate(hashvalues):
-        m = MinHash(num_perm=num_perm, seed=seed, hashvalues=values, scheme=scheme)
-        if lsh.query(m):
-            keep.append(False)
-        else:
-            lsh.insert(key, m)
-            keep.append(True)
-    return keep
+_CHUNK_ROWS = 8192  # rows tokenised and hashed at a time: bounds the token lists held
 
 
 class MinHashDedup(GlobalStep):
@@ -86,6 +47,8 @@ class MinHashDedup(GlobalStep):
         return [KEEP_COLUMN]
 
     def process(self, inputs: StepInput) -> StepOutput:
+        from synthpipe.steps.filtering._minhash_core import BandIndex, Hasher, tokens
+
         texts = []
         for i, row in enumerate(inputs):
             text = row.get("text")
@@ -93,8 +56,11 @@ class MinHashDedup(GlobalStep):
                 raise TypeError(f"step '{self.name}': column 'text' must hold strings; row {i} holds "
                                 f"{type(text).__name__}")
             texts.append(text)
-        hashes = signatures(texts, self.tokenizer, self.n, self.num_perm, self.seed)
-        keep = first_occurrences(hashes, self.threshold, self.num_perm, self.seed)
-        for row, flag in zip(inputs, keep, strict=True):
-            row[KEEP_COLUMN] = flag
+        hasher = Hasher(self.num_perm, self.seed)
+        index = BandIndex(self.threshold, self.num_perm)
+        for lo in range(0, len(texts), _CHUNK_ROWS):
+            part = [tokens(t, self.tokenizer, self.n) for t in texts[lo:lo + _CHUNK_ROWS]]
+            keep = index.first_occurrences(hasher.signatures(part))
+            for row, flag in zip(inputs[lo:lo + _CHUNK_ROWS], keep, strict=True):
+                row[KEEP_COLUMN] = flag
         yield inputs

@@ -130,7 +130,9 @@ def _parquet_rows(fs: Any, path: str, skip: int, batch_size: int) -> Iterator[di
     import pyarrow.parquet as pq
 
     with fs.open(path, "rb") as fh:
-        pf = pq.ParquetFile(fh)
+        # A buffered stream without pre-buffering decodes page by page: memory holds one
+        # record batch, not one row group (a 1Mi-row group would otherwise sit whole in memory).
+        pf = pq.ParquetFile(fh, buffer_size=1 << 20, pre_buffer=False)
         groups = []
         for i in range(pf.num_row_groups):
             n = pf.metadata.row_group(i).num_rows
@@ -140,7 +142,7 @@ def _parquet_rows(fs: Any, path: str, skip: int, batch_size: int) -> Iterator[di
             groups.append(i)
         if not groups:
             return
-        for record_batch in pf.iter_batches(batch_size=max(batch_size, 1024), row_groups=groups):
+        for record_batch in pf.iter_batches(batch_size=max(batch_size, 1024), row_groups=groups, use_threads=False):
             rows = record_batch.to_pylist()
             if skip:
                 rows, skip = rows[skip:], max(0, skip - len(rows))
