@@ -98,6 +98,10 @@ class Accounting:
     def sent(self, step: str, replica: int, seq: int) -> None:
         self.recorder.sent(step, replica, seq)
 
+    def flush(self) -> None:
+        """Write out the batch lines of the run record gathered since the last flush."""
+        self.recorder.flush()
+
     def stored(self, step: str, seq: int, rows: list[dict[str, Any]], inputs: int, failed: int) -> None:
         if self.recorder.stored(step, seq, rows, inputs, failed):
             self._batches_with_usage += 1
