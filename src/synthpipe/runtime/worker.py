@@ -10,7 +10,6 @@ It ignores the terminal's Ctrl+C (the coordinator decides when to stop) and dies
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import os
@@ -217,6 +216,8 @@ def worker_main(
         return
     try:
         if getattr(step, "is_async", False):
+            import asyncio  # here: a worker of a plain step (and the fork server) need not import it
+
             asyncio.run(_serve_async(step, step_name, replica, channel, conn))
         elif _watch_coordinator(conn):
             receive = _receiver(conn)  # read here, between batches: the coordinator never blocks on a send
@@ -285,6 +286,8 @@ def _serve(step: Any, step_name: str, replica: int, channel: _Channel, receive: 
 async def _serve_async(step: Any, step_name: str, replica: int, channel: _Channel, conn: Connection) -> None:
     """Every batch as its own task on one event loop: a step waiting on LLM requests keeps
     them flowing across batches, and answers each batch as soon as it is complete."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[Any] = asyncio.Queue()
     threading.Thread(target=_read_inbox, args=(conn, lambda msg: loop.call_soon_threadsafe(inbox.put_nowait, msg)),
@@ -307,6 +310,8 @@ async def _serve_async(step: Any, step_name: str, replica: int, channel: _Channe
 
 async def _run_batch(step: Any, step_name: str, replica: int, channel: _Channel, ticket: int, seq: int,
                      row_start: int, inputs: list[list[dict[str, Any]]]) -> None:
+    import asyncio
+
     n = len(inputs[0]) if inputs else 0
     where = {"step": step_name, "replica": replica, "batch": seq,
              "rows": (row_start, row_start + n - 1) if n else None}
