@@ -44,10 +44,12 @@ class RunRecorder:
     def sent(self, step: str, replica: int, seq: int) -> None:
         self._sent[(step, seq)] = (replica, time.time())
 
-    def stored(self, step: str, seq: int, rows: list[dict[str, Any]], inputs: int, failed: int) -> bool:
-        """Record a stored batch; True when its rows used a model."""
+    def stored(self, step: str, seq: int, rows: list[dict[str, Any]], inputs: int, failed: int,
+               with_model: bool = True) -> bool:
+        """Record a stored batch; True when its rows used a model. ``with_model``: whether the
+        step has one, so its rows are worth reading for token statistics."""
         replica, start = self._sent.pop((step, seq), (-1, None))
-        usage = self.tally.add_rows(step, rows)
+        usage = self.tally.add_rows(step, rows) if with_model else {}
         record = {"step": step, "seq": seq, "replica": replica, "start": start, "end": time.time(),
                   "rows": len(rows), "in": inputs, "failed": failed}
         if usage:
