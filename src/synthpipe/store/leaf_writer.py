@@ -177,6 +177,9 @@ def _check_columns(rows: list[dict[str, Any]], earlier: Any) -> tuple[dict[int, 
     every column converted as a whole): the chunk's table, without converting it again."""
     import pyarrow as pa
 
+    whole = _as_one(rows, earlier)
+    if whole is not None:
+        return {}, whole
     columns: dict[str, None] = {}
     for row in rows:
         columns.update(dict.fromkeys(row))
@@ -209,6 +212,29 @@ def _check_columns(rows: list[dict[str, Any]], earlier: Any) -> tuple[dict[int, 
             misfits[i] = (f"column '{column}' holds {article} {name} ({shown}) where the column's other "
                           f"rows hold {target}: a result column has one type")
     return misfits, arrays
+
+
+def _as_one(rows: list[dict[str, Any]], earlier: Any) -> dict[str, Any] | None:
+    """The common case, in one conversion: every row at once as an Arrow struct (converted in
+    C++, an order of magnitude faster than a Python list per column; columns in the order they
+    first appear, as ``rows_to_table`` has them), when every column converts and fits the
+    earlier chunks' types. None: the column by column search for misfits decides."""
+    import pyarrow as pa
+
+    try:
+        table = pa.Table.from_struct_array(pa.array(rows))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError, ValueError):
+        return None
+    if table.num_columns == 0:
+        return None
+    for field in table.schema:
+        if not isinstance(field.name, str):
+            return None
+        if earlier is not None and field.name in earlier.names:
+            known = earlier.field(field.name).type
+            if known != field.type and not _compatible(known, field.type):
+                return None
+    return {name: table.column(name) for name in table.column_names}
 
 
 def _majority_type(values: list[Any]) -> Any:
