@@ -5,7 +5,7 @@ socket takes it whole, at the cost of one system call. When it does not (a worke
 holds the GIL reads nothing for a while, and its socket's buffer is full), what is left waits
 in the outbox, in order, and the executor's loop waits for the socket to be writable beside
 the workers' results, then sends more (``drain``). The framing is ``multiprocessing``'s own
-(a 4-byte big-endian length, then the bytes), so the worker reads with ``recv_bytes``.
+(``frames``), so the worker may read with ``recv_bytes`` or a ``FrameReader``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from synthpipe.runtime.frames import frame
+
+_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)  # never a SIGPIPE, whatever its handler
 
 
 class Outbox:
@@ -51,7 +53,7 @@ class Outbox:
         try:
             while self._pending:
                 head = self._pending[0]
-                sent = self._sock.send(head, socket.MSG_DONTWAIT)
+                sent = self._sock.send(head, _FLAGS)
                 if sent < len(head):
                     self._pending[0] = head[sent:]
                     return
