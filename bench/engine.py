@@ -35,7 +35,8 @@ the same cache dir (100k rows, batch 1000), against its first run.
     .venv/bin/python bench/engine.py --quick    # 10k rows only, one repeat
     .venv/bin/python bench/engine.py --profile  # also cProfile the coordinator on one config, cache on and off
     .venv/bin/python bench/engine.py --scale --rows 100000 1000000 10000000  # bench/scale.py: memory, fixed cost,
-                                                # the plain-pipes floor; --src OTHER/src for a before/after
+                                                # the plain-pipes floor; --src OTHER/src for a before/after,
+                                                # --repeat N: alternated N times, medians and spread
 
 Results go to stdout (a table) and to ``bench/results/engine.json``.
 """
@@ -389,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         sources = {"this": Path(__file__).resolve().parent.parent / "src"}
         sources.update({f"src{i}": p.resolve() for i, p in enumerate(args.src)})
         return scale.main(args.rows or [100_000, 1_000_000], 1000 if args.batch_sizes == [50, 1000]
-                          else args.batch_sizes[0], sources, args.output or RESULTS_DIR / "scale.json")
+                          else args.batch_sizes[0], sources, args.output or RESULTS_DIR / "scale.json",
+                          repeat=args.repeat or 1)
     args.output = args.output or RESULTS_DIR / "engine.json"
 
     os.environ["SYNTHPIPE_PROGRESS"] = "0"

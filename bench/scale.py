@@ -257,15 +257,52 @@ def measure(kind: str, rows: int, batch: int, src: Path, extra: list[str] | None
         return result
 
 
-def run_scale(sizes: list[int], batch: int, sources: dict[str, Path]) -> list[dict[str, Any]]:
+def run_scale(sizes: list[int], batch: int, sources: dict[str, Path], repeat: int = 1) -> list[dict[str, Any]]:
+    """Each size ``repeat`` times: the floor, then each source tree, back to back (so a busy
+    minute on a shared machine hits all of them alike)."""
     results = []
     for rows in sizes:
-        results.append({**measure("floor", rows, batch, next(iter(sources.values()))), "code": "floor"})
-        print(_line(results[-1]), flush=True)
-        for label, src in sources.items():  # back to back, on the same machine
-            results.append({**measure("engine", rows, batch, src), "code": label})
+        for _ in range(repeat):
+            results.append({**measure("floor", rows, batch, next(iter(sources.values()))), "code": "floor"})
             print(_line(results[-1]), flush=True)
+            for label, src in sources.items():
+                results.append({**measure("engine", rows, batch, src), "code": label})
+                print(_line(results[-1]), flush=True)
     return results
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def format_medians(results: list[dict[str, Any]]) -> str:
+    """Per size and code, over the repeats: the median, and [min-max], of rows/s, of the ratio
+    to the floor measured just before each run, of the time to the first step and of the time
+    from the last step to the result."""
+    lines = ["| rows | code | runs | rows/s median [min-max] | ratio to floor median [min-max] | "
+             "to first step ms | last step to result ms |", "|---" * 7 + "|"]
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    floor: dict[str, Any] | None = None
+    for r in results:
+        if r["kind"] == "floor":
+            floor = r
+            groups.setdefault((r["rows"], "floor"), []).append({**r, "ratio": 1.0})
+        elif floor is not None:
+            groups.setdefault((r["rows"], r["code"]), []).append({**r, "ratio": r["rows_per_s"] / floor["rows_per_s"]})
+
+    def cell(runs: list[dict[str, Any]], key: str, scale: float = 1.0, fmt: str = ",.0f") -> str:
+        values = [r[key] * scale for r in runs if key in r]
+        if not values:
+            return "-"
+        return f"{_median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+
+    for (rows, code), runs in groups.items():
+        lines.append(f"| {rows:,} | {code} | {len(runs)} | {cell(runs, 'rows_per_s')} "
+                     f"| {cell(runs, 'ratio', fmt='.3f')} | {cell(runs, 'to_first_step_s', 1000)} "
+                     f"| {cell(runs, 'last_step_to_result_s', 1000)} |")
+    return "\n".join(lines)
 
 
 def _line(r: dict[str, Any]) -> str:
@@ -297,11 +334,14 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(sizes: list[int], batch: int, sources: dict[str, Path], output: Path) -> int:
+def main(sizes: list[int], batch: int, sources: dict[str, Path], output: Path, repeat: int = 1) -> int:
     if max(sizes) > 10_000_000:
         raise SystemExit("--rows: at most 10,000,000")
-    results = run_scale(sizes, batch, sources)
+    results = run_scale(sizes, batch, sources, repeat)
     print(format_table(results))
+    if repeat > 1:
+        print()
+        print(format_medians(results))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"benchmark": "synthpipe scale", "batch": batch, "results": results}, indent=2))
     return 0

@@ -168,6 +168,9 @@ class Pipeline:
         from synthpipe.run.stops import stops_deferred
 
         with stops_deferred():  # a Ctrl+C from here on stops the run, wherever it comes
+            from synthpipe.run.warm import warm
+
+            warm(self)  # the workers' fork server starts while the run is set up
             from synthpipe.run import run_pipeline
 
             distiset = run_pipeline(

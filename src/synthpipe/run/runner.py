@@ -18,6 +18,7 @@ from synthpipe.models.cache import RESPONSE
 from synthpipe.pipeline.plan import Plan, build_plan
 from synthpipe.run.accounting import Accounting
 from synthpipe.run.retry import reapply, retry_failed_rows
+from synthpipe.run.warm import warm, worker_preload
 from synthpipe.runtime.contract import Executor, ExecutorHooks
 from synthpipe.runtime.local import LocalExecutor
 from synthpipe.runtime.scheduler import Batch, Persist, Scheduler, StepSpec, StoredOutput
@@ -41,10 +42,6 @@ if TYPE_CHECKING:
     from synthpipe.pipeline.base import Pipeline
 
 logger = logging.getLogger("synthpipe")
-
-
-WORKER_PRELOAD = ("synthpipe.steps.tasks", "synthpipe.models.openai_client", "aiohttp")
-"""Upper-layer modules the local executor's fork server imports once, so workers start fast."""
 
 
 def _capacity(step: Any, budgeted: bool) -> int:
@@ -102,6 +99,7 @@ def run_pipeline(
     load_groups: Any = None,
 ) -> Distiset:
     level = level_from_env(log_level)
+    warm(pipeline)  # (Pipeline.run did already) ready by the time the plan and the store are
     plan = build_plan(pipeline, parameters, dataset, dry_run_batch_size, load_groups)
     signatures = plan_signatures(plan.order, plan.dag.nodes, {n: plan.dag.predecessors(n) for n in plan.order},
                                  {n: r.signature_form() for n, r in plan.routing.items()})
@@ -239,6 +237,11 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
                           len(action.rows), action.last,
                           action.failed, run_id, action.inputs, action.failed_at, action.sources, action.routed_to)
 
+    def flush() -> None:
+        if durable:
+            store.flush()
+        accounting.flush()  # the run record's batch lines, after the batches they tell of
+
     def replay(step: str, seq: int) -> tuple[list[dict[str, Any]], bool]:
         batch = stored[step][seq]
         return store.read_batch(batch), batch.last
@@ -257,7 +260,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
         on_emit=lambda step, seq, rows, keys: writer.write(step, rows, keys, seq),
         on_rows_failed=rows_failed,
         on_persist=persist,
-        on_flush=store.flush if durable else (lambda: None),
+        on_flush=flush,
         on_replay=replay,
         on_tick=tick,
         on_log=RunLogging.worker_line,
@@ -282,7 +285,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     def local(names: list[str], sched: Scheduler, eager: list[str] | None, with_hooks: ExecutorHooks) -> Executor:
         return LocalExecutor({n: plan.step(n) for n in names}, sched, with_hooks, signals=signals, log_level=level,
                              stop_grace_seconds=pipeline.stop_grace_seconds, worker_context=context,
-                             preload=WORKER_PRELOAD, eager=eager)
+                             preload=worker_preload([plan.step(n) for n in plan.order]), eager=eager)
 
     if staged is not None:
         staged.hooks, staged.signals, staged.make_executor = hooks, signals, local

@@ -11,10 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import queue
 import signal
-import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Collection
@@ -39,47 +36,18 @@ from synthpipe.runtime import main_import, shipping
 from synthpipe.runtime import messages as m
 from synthpipe.runtime.contract import Batch, Emit, ExecutorHooks, ExecutorStep  # noqa: F401 (ExecutorHooks: public here too)
 from synthpipe.runtime.driver import Driver
-from synthpipe.runtime.signals import StopSignals, start_fork_server
+from synthpipe.runtime.forkserver import ensure_fork_server, preload_list
+from synthpipe.runtime.forkserver import start_method as start_method_of
+from synthpipe.runtime.frames import FrameReader
+from synthpipe.runtime.outbox import Outbox, wait_io
+from synthpipe.runtime.signals import StopSignals
 from synthpipe.runtime.spawn_masked import MaskedSpawnProcess
 from synthpipe.runtime.staged import needs_worker
 from synthpipe.runtime.worker import MAIN_MODULE, worker_main
 
 logger = logging.getLogger("synthpipe.runtime")
 
-START_METHODS = ("spawn", "forkserver")
-FORKSERVER_PRELOAD = ["synthpipe.runtime.worker", "cloudpickle"]
-"""Imported once by the fork server, so a worker forked from it starts in milliseconds; the
-runner adds the upper layers' modules its workers will need (``preload``): the runtime names none."""
-DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "spawn"
-"""A fork server is started (with SIGINT blocked, like every worker) on first use and kept for
-the life of the process: later workers, and later runs, fork from it instead of starting a
-new interpreter. Where it does not exist (macOS, Windows), spawn."""
-
-
 MAX_MESSAGES_PER_WAKEUP = 64  # per worker: one chatty worker must not starve timers and signals
-
-
-class _Outbox:
-    """Sends to one worker from a thread of its own, so the coordinator's loop never blocks
-    on a full pipe (a worker whose step holds the GIL reads nothing for a while)."""
-
-    def __init__(self, conn: Connection, name: str) -> None:
-        self.conn = conn
-        self.queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        threading.Thread(target=self._run, name=f"outbox:{name}", daemon=True).start()
-
-    def put(self, data: bytes) -> None:
-        self.queue.put(data)
-
-    def close(self) -> None:
-        self.queue.put(None)
-
-    def _run(self) -> None:
-        while (data := self.queue.get()) is not None:
-            try:
-                self.conn.send_bytes(data)
-            except (OSError, ValueError):  # the worker is gone (its sentinel says how)
-                return
 
 
 @dataclass
@@ -88,7 +56,8 @@ class _Worker:
     replica: int
     process: Any
     conn: Connection
-    outbox: _Outbox
+    outbox: Outbox
+    reader: FrameReader
     ready: bool = False
     exited: bool = False
     conn_closed: bool = False
@@ -170,14 +139,12 @@ class LocalExecutor(Driver):
         self.records = {name: ExecutorStep.of(name, step) for name, step in steps.items()}
         self.signals = signals
         self.log_level = log_level
-        self.start_method = start_method or os.environ.get("SYNTHPIPE_START_METHOD", DEFAULT_START_METHOD)
-        if self.start_method not in START_METHODS:
-            raise ValueError(f"start method must be one of {START_METHODS}, not {self.start_method!r}")
+        self.start_method = start_method_of(start_method)
         self.tick_seconds = tick_seconds
         self.stop_grace_seconds = stop_grace_seconds
         self.fail_grace_seconds = fail_grace_seconds
         self.worker_context = dict(worker_context or {})
-        self.preload = [*FORKSERVER_PRELOAD, *(p for p in preload if p not in FORKSERVER_PRELOAD)]
+        self.preload = preload_list(preload)
         self.workers: dict[tuple[str, int], _Worker] = {}
         self._payloads: dict[str, bytes] = {}
         self._stop_deadline: float | None = None
@@ -255,9 +222,8 @@ class LocalExecutor(Driver):
         never reaches it: the mask is inherited, and the worker ignores SIGINT before
         unblocking it. The coordinator alone decides what a Ctrl+C means."""
         ctx = mp.get_context(self.start_method)
-        if self.start_method == "forkserver":  # taken when the fork server starts (once per process)
-            ctx.set_forkserver_preload(self.preload)
-            start_fork_server()
+        if self.start_method == "forkserver":  # the preload is taken when it starts (once per process)
+            ensure_fork_server(self.preload)
         # Under forkserver the workers' parent is the fork server, not this process.
         parent_pid = os.getpid() if self.start_method == "spawn" else 0
         parent_conn, child_conn = ctx.Pipe(duplex=True)
@@ -275,8 +241,8 @@ class LocalExecutor(Driver):
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child_conn.close()
-        self.workers[(name, replica)] = _Worker(name, replica, process, parent_conn,
-                                                 _Outbox(parent_conn, f"{name}:{replica}"))
+        self.workers[(name, replica)] = _Worker(name, replica, process, parent_conn, Outbox(parent_conn.fileno()),
+                                                 FrameReader(parent_conn.fileno()))
         logger.debug("started %s replica %d as pid %s", name, replica, process.pid)
 
     def _loop(self) -> bool | None:
@@ -295,7 +261,13 @@ class LocalExecutor(Driver):
                     waitables[worker.process.sentinel] = worker
             if self.signals is not None:
                 waitables[self.signals.fileno()] = None
-            for obj in wait(list(waitables), timeout=self._wait_timeout()):
+            read_before = [w.conn for w in self.workers.values() if not w.exited and w.reader.pending()]
+            readable, writable = wait_io(waitables, self._sending(), 0 if read_before else self._wait_timeout())
+            if read_before:  # messages read already, left for this turn by the limit
+                readable = list(dict.fromkeys([*read_before, *readable]))
+            for box in writable:
+                box.drain()
+            for obj in readable:
                 worker = waitables[obj]
                 if worker is None:
                     self.signals.clear_wakeups()  # type: ignore[union-attr]
@@ -322,6 +294,10 @@ class LocalExecutor(Driver):
                 return None
             self.hooks.on_tick()
         return outcome
+
+    def _sending(self) -> list[Outbox]:
+        """The outboxes with bytes waiting for their worker's socket."""
+        return [w.outbox for w in self.workers.values() if w.outbox.waiting]
 
     def _on_signals(self) -> bool:
         """First signal: stop handing out work. A second SIGINT: stop now. True to leave."""
@@ -367,17 +343,29 @@ class LocalExecutor(Driver):
                 worker.process.kill()
 
     def _drain(self, worker: _Worker, limit: int | None) -> bool | None:
-        """Handle the messages waiting on a worker's pipe, at most ``limit`` of them (the rest
-        waits for the next turn of the loop, so timers and signals are not starved)."""
+        """Handle the messages waiting from a worker, at most ``limit`` of them (the rest waits
+        for the next turn of the loop, so timers and signals are not starved): what was read
+        already, then one read of what the socket holds; with no ``limit``, all it holds."""
+        reader = worker.reader
         try:
             count = 0
-            while (limit is None or count < limit) and worker.conn.poll():
+            filled = False
+            while limit is None or count < limit:
+                data = reader.next()
+                if data is None:
+                    if (filled and limit is not None) or not reader.readable():
+                        break
+                    filled = True
+                    if not reader.fill():
+                        worker.conn_closed = True  # the sentinel tells what happened
+                        break
+                    continue
                 count += 1
-                outcome = self._handle(worker, m.decode(worker.conn.recv_bytes()))
+                outcome = self._handle(worker, m.decode(data))
                 if outcome is not None:
                     return outcome
-        except (EOFError, OSError):
-            worker.conn_closed = True  # the sentinel tells what happened
+        except OSError:
+            worker.conn_closed = True
         return None
 
     def _exited(self, worker: _Worker) -> bool | None:
@@ -451,7 +439,8 @@ class LocalExecutor(Driver):
             waitables: list[Any] = [w.process.sentinel for w in alive]
             if self.signals is not None:
                 waitables.append(self.signals.fileno())
-            wait(waitables, timeout=remaining)
+            for box in wait_io(waitables, self._sending(), remaining)[1]:
+                box.drain()  # the last batches and the stop, behind them
             if self.signals is not None and len(self.signals.received) > signals_before:
                 self.signals.clear_wakeups()
                 logger.warning("synthpipe: %s while workers finish: stopping them now",
@@ -475,16 +464,20 @@ class LocalExecutor(Driver):
 
     def _drain_logs(self, worker: _Worker) -> None:
         """Pass on the last log lines of a stopping worker (unload messages, say)."""
+        reader = worker.reader
         try:
             for _ in range(MAX_MESSAGES_PER_WAKEUP):
-                if not worker.conn.poll():
-                    break
-                message = m.decode(worker.conn.recv_bytes())
+                data = reader.next()
+                if data is None:
+                    if not reader.readable() or not reader.fill():
+                        break
+                    continue
+                message = m.decode(data)
                 if message[0] == m.LOG:
                     self.hooks.on_log(message[1], message[2], message[3])
                 elif message[0] == m.RECORD:  # an answer that came in as the worker stopped
                     self.hooks.on_record(message[1], message[2])
-        except (EOFError, OSError):
+        except OSError:
             pass
 
 

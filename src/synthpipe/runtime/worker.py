@@ -1,19 +1,21 @@
 """The worker process: load one step, then run the batches the coordinator sends.
 
-A worker holds no pipeline state. It reads its pipe on a separate thread, so the
-coordinator's sends never block on a worker busy sending a result (which would deadlock
-two processes each writing to a full pipe). It ignores the terminal's Ctrl+C (the
-coordinator decides when to stop) and dies with its parent.
+A worker holds no pipeline state. The coordinator never blocks on a send to it (``outbox``),
+so a worker may read its socket between batches, in its main thread, while its own sends
+block until the coordinator reads them: no two processes can each wait on the other. A
+thread only watches for the coordinator's end of the socket to close, to end the worker
+even in the middle of a batch (where the system cannot tell, a thread reads the messages).
+It ignores the terminal's Ctrl+C (the coordinator decides when to stop) and dies with its parent.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import os
 import pickle
 import queue
+import select
 import signal
 import sys
 import threading
@@ -24,6 +26,7 @@ from typing import Any
 import synthpipe
 from synthpipe.errors import ErrorRecord, UnpicklableOutput, trim_internal_frames
 from synthpipe.runtime import messages as m
+from synthpipe.runtime.frames import FrameReader
 from synthpipe.runtime.main_import import import_main
 from synthpipe.store.batch_format import ColumnarBudget
 from synthpipe.worker_context import (  # noqa: F401 (public here too)  # noqa: F401 (public here too)
@@ -86,14 +89,54 @@ class _ForwardingHandler(logging.Handler):
             pass
 
 
-def _read_inbox(conn: Connection, put: Any) -> None:
-    while True:
+def _receiver(conn: Connection) -> Any:
+    """The next message from the coordinator, read from the socket several at a time."""
+    reader = FrameReader(conn.fileno())
+
+    def receive() -> tuple[Any, ...]:
         try:
-            put(m.decode(conn.recv_bytes()))
+            return m.decode(reader.recv())
         except (EOFError, OSError):
-            # The coordinator is gone (where no parent-death signal exists, this is how we
-            # learn it): end now, even in the middle of a batch; nobody waits for its result.
+            # The coordinator is gone: end now, even in the middle of a batch; nobody waits
+            # for its result.
             os._exit(1)
+
+    return receive
+
+
+_HANGUP = getattr(select, "POLLRDHUP", 0)
+
+
+def _watch_coordinator(conn: Connection) -> bool:
+    """End this worker the moment the coordinator's end of the socket closes (it died), even in
+    the middle of a batch: a thread that waits for that alone, reading nothing, so the main
+    thread reads its messages itself. (Under the fork server the kernel's parent-death signal
+    does not help: our parent is the fork server, which lives as long as we hold its pipe.)
+    False where the system cannot tell a closed peer apart from data to read."""
+    if not _HANGUP:
+        return False
+    poller = select.poll()
+    poller.register(conn.fileno(), _HANGUP)
+
+    def watch() -> None:
+        while True:
+            try:
+                events = poller.poll()
+            except OSError:
+                os._exit(1)
+            if any(event & (_HANGUP | select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, event in events):
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="coordinator-watch").start()
+    return True
+
+
+def _read_inbox(conn: Connection, put: Any) -> None:
+    """On a thread of its own: where no parent-death signal exists, this is how a worker busy
+    with a batch learns that the coordinator is gone."""
+    receive = _receiver(conn)
+    while True:
+        put(receive())
 
 
 def _find_unpicklable(rows: list[dict[str, Any]]) -> tuple[int, str, Any] | None:
@@ -174,12 +217,18 @@ def worker_main(
         return
     try:
         if getattr(step, "is_async", False):
+            import asyncio  # here: a worker of a plain step (and the fork server) need not import it
+
             asyncio.run(_serve_async(step, step_name, replica, channel, conn))
+        elif _watch_coordinator(conn):
+            receive = _receiver(conn)  # read here, between batches: the coordinator never blocks on a send
+            channel.send(m.encode((m.READY,)))
+            _serve(step, step_name, replica, channel, receive)
         else:
             inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
             threading.Thread(target=_read_inbox, args=(conn, inbox.put), daemon=True, name="inbox").start()
             channel.send(m.encode((m.READY,)))
-            _serve(step, step_name, replica, channel, inbox)
+            _serve(step, step_name, replica, channel, inbox.get)
     finally:
         try:
             step.unload()
@@ -201,11 +250,11 @@ def worker_main(
     os._exit(0)
 
 
-def _serve(step: Any, step_name: str, replica: int, channel: _Channel, inbox: queue.SimpleQueue[Any]) -> None:
+def _serve(step: Any, step_name: str, replica: int, channel: _Channel, receive: Any) -> None:
     generator = None
     exhausted = False
     while True:
-        message = inbox.get()
+        message = receive()
         if message is None or message[0] == m.STOP:
             return
         kind, ticket, seq = message[0], message[1], message[2]
@@ -238,6 +287,8 @@ def _serve(step: Any, step_name: str, replica: int, channel: _Channel, inbox: qu
 async def _serve_async(step: Any, step_name: str, replica: int, channel: _Channel, conn: Connection) -> None:
     """Every batch as its own task on one event loop: a step waiting on LLM requests keeps
     them flowing across batches, and answers each batch as soon as it is complete."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[Any] = asyncio.Queue()
     threading.Thread(target=_read_inbox, args=(conn, lambda msg: loop.call_soon_threadsafe(inbox.put_nowait, msg)),
@@ -260,6 +311,8 @@ async def _serve_async(step: Any, step_name: str, replica: int, channel: _Channe
 
 async def _run_batch(step: Any, step_name: str, replica: int, channel: _Channel, ticket: int, seq: int,
                      row_start: int, inputs: list[list[dict[str, Any]]]) -> None:
+    import asyncio
+
     n = len(inputs[0]) if inputs else 0
     where = {"step": step_name, "replica": replica, "batch": seq,
              "rows": (row_start, row_start + n - 1) if n else None}

@@ -33,6 +33,7 @@ class RunRecorder:
         self.started = time.time()
         self._sent: dict[tuple[str, int], tuple[int, float]] = {}
         self._batches = Journal(run_dir / BATCHES_FILE)
+        self._unwritten: list[dict[str, Any]] = []  # batch lines, written at the next flush
         self.info: dict[str, Any] = {
             "run": run_dir.name, "pipeline": pipeline, "store": str(store), "status": "running",
             "durable": durable, "pid": os.getpid(), "started": _iso(self.started), "started_ts": self.started,
@@ -43,24 +44,34 @@ class RunRecorder:
     def sent(self, step: str, replica: int, seq: int) -> None:
         self._sent[(step, seq)] = (replica, time.time())
 
-    def stored(self, step: str, seq: int, rows: list[dict[str, Any]], inputs: int, failed: int) -> bool:
-        """Record a stored batch; True when its rows used a model."""
+    def stored(self, step: str, seq: int, rows: list[dict[str, Any]], inputs: int, failed: int,
+               with_model: bool = True) -> bool:
+        """Record a stored batch; True when its rows used a model. ``with_model``: whether the
+        step has one, so its rows are worth reading for token statistics."""
         replica, start = self._sent.pop((step, seq), (-1, None))
-        usage = self.tally.add_rows(step, rows)
+        usage = self.tally.add_rows(step, rows) if with_model else {}
         record = {"step": step, "seq": seq, "replica": replica, "start": start, "end": time.time(),
                   "rows": len(rows), "in": inputs, "failed": failed}
         if usage:
             record["usage"] = usage
-        try:
-            self._batches.append(record)
-        except OSError:
-            pass
+        self._unwritten.append(record)
         return bool(usage)
+
+    def flush(self) -> None:
+        """Write the batch lines recorded since the last flush, in one write (the executor
+        flushes once per round of its loop, beside the journal)."""
+        if self._unwritten:
+            lines, self._unwritten = self._unwritten, []
+            try:
+                self._batches.append_many(lines)
+            except OSError:
+                pass
 
     def finish(self, status: str, rows: dict[str, int], failed_rows: int, **more: Any) -> None:
         ended = time.time()
         self.info.update(status=status, rows=rows, failed_rows=failed_rows, ended=_iso(ended), ended_ts=ended,
                          seconds=round(ended - self.started, 3), **more)
+        self.flush()
         self.write()
         self._batches.close()
 
