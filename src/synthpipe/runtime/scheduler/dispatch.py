@@ -77,18 +77,32 @@ class Dispatching:
                         inputs=inputs, failed_at=failed_at, sources=sources, routed_to=routed_to)]
 
     def _advance(self) -> list[Action]:
-        """Move everything forward as far as it can go; return what to do."""
+        """Move everything forward as far as it can go; return what to do.
+
+        Only the steps an event can have changed are looked at (``_touched``), in topological
+        order: a step's release, batch forming and finish depend only on its own state and on
+        the steps above it, so one sweep reaches what a rescan of every step would."""
         actions: list[Action] = []
         if self.failed is not None:  # e.g. a routing function raised while a batch completed
             return actions
-        progressed = True
-        while progressed:
-            progressed = False
-            for name in self.order:
+        touched, order = self._touched, self.order
+        depends = self._watermark_dependents()
+        swept: set[str] = set()
+        while touched:
+            for name in order:
+                if name not in touched:
+                    continue
+                touched.discard(name)
+                swept.add(name)
                 st = self.states[name]
-                progressed |= self._release(st, actions)
-                progressed |= self._form_batches(st)
-                progressed |= self._check_finished(st)
+                was_finished = st.finished
+                self._release(st, actions)  # touches the successors it gives rows to
+                self._form_batches(st)
+                self._check_finished(st)
+                if st.finished and not was_finished:
+                    touched.update(st.spec.successors)
+                if depends[name]:
+                    touched.update(depends[name])
         if all(st.finished for st in self.states.values()):
             self.done = True
             actions.append(Finished())
@@ -99,6 +113,8 @@ class Dispatching:
                 actions.append(Drained())
             return actions
         for name in self.order:
+            if name not in swept:
+                continue  # unchanged since it was last dispatched
             st = self.states[name]
             while st.replays:
                 batch = st.replays.popleft()
@@ -127,6 +143,7 @@ class Dispatching:
                 if out.routed_to is not None and succ not in out.routed_to:
                     continue  # routed elsewhere
                 target = self.states[succ]
+                self._touched.add(succ)
                 index = target.spec.predecessors.index(st.spec.name)
                 if out.fresh and target.fresh_at[index] == math.inf:
                     target.fresh_at[index] = target.consumed[index] + len(target.buffers[index])
@@ -135,6 +152,26 @@ class Dispatching:
                 target.buffer_keys[index].extend(out.keys)
                 target.held += len(out.rows)
         return released
+
+    def _touch(self, step: str) -> None:
+        """An event changed ``step``: the next ``_advance`` looks at it."""
+        self._touched.add(step)
+
+    def _watermark_dependents(self) -> dict[str, frozenset[str]]:
+        """Per step, the steps below it whose batch forming reads watermarks (joins, and steps
+        on the way to one): any change to the step can let them form a batch."""
+        split = self.split_at_origin  # set again by a staged run after the scheduler is made
+        if self._depends is not None and self._depends[0] is split:
+            return self._depends[1]
+        readers = {name for name, spec in self.specs.items() if spec.kind == "normal"
+                   and (len(spec.predecessors) > 1 or name in split)}
+        below: dict[str, set[str]] = {name: set() for name in self.order}
+        for name in reversed(self.order):
+            for succ in self.specs[name].successors:
+                below[name] |= {succ} | below[succ]
+        depends = {name: frozenset(below[name] & readers) for name in self.order}
+        self._depends = (split, depends)
+        return depends
 
     def _preds_finished(self, st: _StepState) -> bool:
         return all(self.states[p].finished for p in st.spec.predecessors)
@@ -163,11 +200,8 @@ class Dispatching:
             actions.append(Dispatch(replica, batch, ticket))
 
     def _request_generation(self, actions: list[Action]) -> None:
-        stalled = not any(st.busy() for st in self.states.values())
-        held = self.rows_held()
-        for st in self.states.values():  # rows already asked of every generator
-            if st.spec.kind == "generator":
-                held += st.spec.batch_size * len(st.in_flight)
+        held: int | None = None  # counted when first needed, before anything here changes them
+        stalled = False
         for name in self.order:
             st = self.states[name]
             spec = st.spec
@@ -182,6 +216,12 @@ class Dispatching:
                     break
                 if not replay and any(job.replica == REPLAY for job in st.in_flight.values()):
                     break  # the stored batches may hold the last one: know that before asking for more
+                if held is None:
+                    stalled = not any(other.busy() for other in self.states.values())
+                    held = self.rows_held()
+                    for other in self.states.values():  # rows already asked of every generator
+                        if other.spec.kind == "generator":
+                            held += other.spec.batch_size * len(other.in_flight)
                 if held + spec.batch_size > self.max_rows_in_flight and not stalled:
                     break
                 stalled = False  # one batch is enough to get moving again

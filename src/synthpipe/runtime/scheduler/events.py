@@ -102,6 +102,8 @@ class Scheduler(FailurePolicy, BatchForming, Dispatching, Routing):
         self.stopping = False
         self.drained = False
         self._tickets = itertools.count()
+        self._touched: set[str] = set(self.order)  # steps to look at in the next _advance: all, at first
+        self._depends: tuple[set[str], dict[str, frozenset[str]]] | None = None
 
     # -- queries --------------------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class Scheduler(FailurePolicy, BatchForming, Dispatching, Routing):
     def worker_ready(self, step: str, replica: int) -> list[Action]:
         if self._over():
             return []
+        self._touch(step)
         self.states[step].workers[replica] = 0
         return self._advance()
 
@@ -155,6 +158,7 @@ class Scheduler(FailurePolicy, BatchForming, Dispatching, Routing):
         row, the position of the input row it came from, where the step knows."""
         if self._over():
             return []
+        self._touch(step)
         st = self.states[step]
         job = self._pop_job(st, ticket, replica)
         if job is None:
@@ -205,6 +209,7 @@ class Scheduler(FailurePolicy, BatchForming, Dispatching, Routing):
         """The store could not give a batch back (damaged data): compute it afresh."""
         if self._over():
             return []
+        self._touch(step)
         st = self.states[step]
         job = st.in_flight.pop(ticket, None)
         if job is None:
@@ -222,6 +227,7 @@ class Scheduler(FailurePolicy, BatchForming, Dispatching, Routing):
     def batch_failed(self, step: str, replica: int, ticket: int, error: ErrorRecord) -> list[Action]:
         if self._over():
             return []
+        self._touch(step)
         st = self.states[step]
         job = self._pop_job(st, ticket, replica)
         if job is None:
@@ -245,6 +251,7 @@ class Scheduler(FailurePolicy, BatchForming, Dispatching, Routing):
     def retry_due(self, step: str, token: int) -> list[Action]:
         if self._over():
             return []
+        self._touch(step)
         st = self.states[step]
         batch = st.waiting.pop(token, None)
         if batch is not None:
@@ -264,6 +271,7 @@ class Scheduler(FailurePolicy, BatchForming, Dispatching, Routing):
         """
         if self._over():
             return []
+        self._touch(step)
         st = self.states[step]
         st.workers.pop(replica, None)
         jobs = sorted((j for j in st.in_flight.values() if j.replica == replica), key=lambda j: j.ticket)
@@ -302,6 +310,7 @@ class Scheduler(FailurePolicy, BatchForming, Dispatching, Routing):
     def withdraw(self, step: str, ticket: int) -> None:
         """A job handed out was not sent after all (the run's budget held it back): a batch
         waits for a worker again; a generator request is taken back (a stop follows it)."""
+        self._touch(step)
         st = self.states[step]
         job = st.in_flight.get(ticket)
         if job is None or job.replica == REPLAY:
