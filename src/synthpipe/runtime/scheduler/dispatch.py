@@ -182,7 +182,8 @@ class Dispatching:
         if st.spec.kind == "generator":
             done = st.last_seq is not None and st.next_release > st.last_seq
         else:
-            done = self._preds_finished(st) and not any(st.buffers) and not st.busy() and not st.completed
+            # the step's own state first: cheap, and while it runs it says no at once
+            done = not st.busy() and not st.completed and not any(st.buffers) and self._preds_finished(st)
         if done:
             st.finished = True
         return done

@@ -57,7 +57,7 @@ class BatchForming:
     def _form_sequential(self, st: _StepState) -> bool:
         size = st.spec.batch_size
         rows, origins, keys = st.buffers[0], st.buffer_origins[0], st.buffer_keys[0]
-        upstream_done = self._preds_finished(st)
+        upstream_done: bool | None = None  # asked only of a short group
         split = st.spec.name in self.split_at_origin
         formed = False
         start = 0
@@ -65,9 +65,11 @@ class BatchForming:
             end = min(start + size, len(rows))
             if split and end > start and origins[end - 1] != origins[start]:
                 end = bisect.bisect_right(origins, origins[start], start, end)
-            elif end - start < size and not upstream_done:
+            elif end - start < size:
+                if upstream_done is None:
+                    upstream_done = self._preds_finished(st)
                 # A short group can go once upstream has delivered all of its origin.
-                if not (split and end > start and self._upstream_complete(st, origins[start])):
+                if not upstream_done and not (split and end > start and self._upstream_complete(st, origins[start])):
                     break
             if end <= start:
                 break
