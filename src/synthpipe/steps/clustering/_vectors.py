@@ -1,8 +1,10 @@
-"""The one check every clustering step makes first: a column of equal-length number vectors."""
+"""What both clustering steps share: the check they make first (a column of equal-length number
+vectors) and how they keep their fitted model."""
 
 from __future__ import annotations
 
 import numbers
+from pathlib import Path
 from typing import Any
 
 
@@ -38,3 +40,14 @@ def vectors(step: str, rows: list[dict[str, Any]], column: str, at_least: int = 
         raise ValueError(f"step '{step}': column '{column}' must hold finite numbers; row {int(bad[0])} holds "
                          f"{rows[int(bad[0])][column]!r:.80}")
     return array
+
+
+def keep_fitted_model(step: Any, artifact: str, filename: str, model: Any, metadata: dict[str, Any]) -> None:
+    """``model`` pickled with joblib as ``filename`` in the step's artifact ``artifact``."""
+    import joblib
+
+    def write(folder: Path) -> None:
+        with open(folder / filename, "wb") as fh:
+            joblib.dump(model, fh)
+
+    step.save_artifact(artifact, write, metadata)

@@ -7,13 +7,12 @@ clusters is found, not given. A global step: density is a property of the whole 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from synthpipe.steps.base import GlobalStep, RuntimeParameter, StepInput, StepOutput
-from synthpipe.steps.clustering._vectors import vectors
+from synthpipe.steps.clustering._vectors import keep_fitted_model, vectors
 
 MODEL_ARTIFACT = "DBSCAN_model"
 MODEL_FILE = "DBSCAN.joblib"
@@ -71,15 +70,6 @@ class DBSCAN(GlobalStep):
         found = len(set(labels.tolist()) - {-1})
         self.logger.info("DBSCAN found %d cluster(s); %d of %d rows are noise", found, int((labels == -1).sum()),
                          len(inputs))
-        self._keep_model(clusterer)
+        keep_fitted_model(self, MODEL_ARTIFACT, MODEL_FILE, clusterer,
+                          {"eps": self.eps, "min_samples": self.min_samples, "metric": self.metric})
         yield inputs
-
-    def _keep_model(self, clusterer: Any) -> None:
-        import joblib
-
-        def write(folder: Path) -> None:
-            with open(folder / MODEL_FILE, "wb") as fh:
-                joblib.dump(clusterer, fh)
-
-        self.save_artifact(MODEL_ARTIFACT, write,
-                           {"eps": self.eps, "min_samples": self.min_samples, "metric": self.metric})

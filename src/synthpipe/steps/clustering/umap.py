@@ -6,13 +6,12 @@ step because the projection is fitted on every row at once: one fit, one coordin
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from synthpipe.steps.base import GlobalStep, RuntimeParameter, StepInput, StepOutput
-from synthpipe.steps.clustering._vectors import vectors
+from synthpipe.steps.clustering._vectors import keep_fitted_model, vectors
 
 MODEL_ARTIFACT = "UMAP_model"
 MODEL_FILE = "UMAP.joblib"
@@ -68,7 +67,8 @@ class UMAP(GlobalStep):
         projection = mapper.fit_transform(data)
         for row, point in zip(inputs, projection, strict=True):
             row["projection"] = [float(x) for x in point]
-        self._keep_model(mapper)
+        keep_fitted_model(self, MODEL_ARTIFACT, MODEL_FILE, mapper,
+                          {"n_components": self.n_components, "metric": self.metric})
         yield inputs
 
     def _threads(self) -> int:
@@ -79,12 +79,3 @@ class UMAP(GlobalStep):
         if not self.n_jobs or self.n_jobs < 0:
             return -1
         return min(self.n_jobs, numba.config.NUMBA_NUM_THREADS)
-
-    def _keep_model(self, mapper: Any) -> None:
-        import joblib
-
-        def write(folder: Path) -> None:
-            with open(folder / MODEL_FILE, "wb") as fh:
-                joblib.dump(mapper, fh)
-
-        self.save_artifact(MODEL_ARTIFACT, write, {"n_components": self.n_components, "metric": self.metric})
