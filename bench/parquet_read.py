@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -88,23 +87,18 @@ def child(path: str, rows: int, batch: int, marks: Path) -> dict[str, Any]:
 
 
 def measure(path: Path, rows: int, batch: int) -> dict[str, Any]:
-    from scale import SAMPLE_SECONDS, SAMPLER
+    from scale import run_sampled
 
     with tempfile.TemporaryDirectory(prefix="synthpipe-marks-") as marks_dir:
         marks = Path(marks_dir)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")])}
         command = [sys.executable, str(BENCH / "parquet_read.py"), "--child", str(path), str(rows), str(batch),
                    str(marks)]
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        sampler = subprocess.Popen([sys.executable, "-c", SAMPLER, str(proc.pid), str(marks / "pss"),
-                                    str(SAMPLE_SECONDS)])
-        out, err = proc.communicate(timeout=3600)
-        sampler.wait(timeout=30)
-        if proc.returncode:
+        returncode, out, err, lines = run_sampled(command, env, marks)
+        if returncode:
             raise RuntimeError(f"the run on {rows:,} rows failed:\n{err[-3000:]}")
         times = json.loads(out.strip().splitlines()[-1])
         last = float((marks / "last").read_text())
-        lines = [line.split() for line in (marks / "pss").read_text().splitlines() if line]
         run = [(float(p), float(a)) for t, p, a, *_ in lines if float(t) <= last]
         wall = times["end"] - times["start"]
         return {"rows": rows, "batch": batch, "file_mb": path.stat().st_size / 2**20, "wall_s": wall,

@@ -216,6 +216,18 @@ with open(out, "w") as fh:
 """
 
 
+def run_sampled(command: list[str], env: dict[str, str], marks: Path) -> tuple[int, str, str, list[list[str]]]:
+    """``command`` run to its end with the tree-PSS sampler beside it (samples in ``marks/pss``):
+    its exit status, stdout, stderr and the sample lines, split."""
+    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler = subprocess.Popen([sys.executable, "-c", SAMPLER, str(child.pid), str(marks / "pss"),
+                                str(SAMPLE_SECONDS)])
+    out, err = child.communicate(timeout=3600)
+    sampler.wait(timeout=30)
+    lines = [line.split() for line in (marks / "pss").read_text().splitlines() if line]
+    return child.returncode, out, err, lines
+
+
 def measure(kind: str, rows: int, batch: int, src: Path, extra: list[str] | None = None) -> dict[str, Any]:
     """One run of ``kind`` ('engine', 'floor', or 'llm': ``bench/llm_cache.py``) in a fresh
     process on the code in ``src``."""
@@ -224,15 +236,10 @@ def measure(kind: str, rows: int, batch: int, src: Path, extra: list[str] | None
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(BENCH)])}
         command = [sys.executable, str(BENCH / "scale.py"), "--child", kind, str(rows), str(batch), str(marks),
                    *(extra or [])]
-        child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        sampler = subprocess.Popen([sys.executable, "-c", SAMPLER, str(child.pid), str(marks / "pss"),
-                                    str(SAMPLE_SECONDS)])
-        out, err = child.communicate(timeout=3600)
-        sampler.wait(timeout=30)
-        if child.returncode:
+        returncode, out, err, lines = run_sampled(command, env, marks)
+        if returncode:
             raise RuntimeError(f"{kind} run of {rows} rows failed:\n{err[-3000:]}")
         times = json.loads(out.strip().splitlines()[-1])
-        lines = [line.split() for line in (marks / "pss").read_text().splitlines() if line]
         samples = [(float(t), float(p)) for t, p, *_ in lines]
         anon = [(float(t), float(a)) for t, _, a, *_ in lines]
         main_anon = [(float(t), float(rest[0])) for t, _, _, *rest in lines if rest]
