@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import pytest
@@ -20,7 +21,10 @@ def test_issue_example_runs_and_keeps_order():
         load = LoadDataFromDicts(data=rows(10_000), batch_size=100)
         measure = Measure(input_batch_size=50)
         load >> measure
+    collector = (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled())
     distiset = pipeline.run()
+    # the coordinator's loop collects less often while it runs, and gives the collector back as it was
+    assert (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()) == collector
     train = distiset["default"]["train"]
     assert train.num_rows == 10_000
     assert train[0] == {"instruction": "q0", "length": 2}

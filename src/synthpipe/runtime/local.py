@@ -34,6 +34,7 @@ from synthpipe.errors import (
 )
 from synthpipe.runtime import main_import, shipping
 from synthpipe.runtime import messages as m
+from synthpipe.runtime.collector import few_collections
 from synthpipe.runtime.contract import Batch, Emit, ExecutorHooks, ExecutorStep  # noqa: F401 (ExecutorHooks: public here too)
 from synthpipe.runtime.driver import Driver
 from synthpipe.runtime.forkserver import ensure_fork_server, preload_list
@@ -161,7 +162,8 @@ class LocalExecutor(Driver):
             self._payloads = {name: self._payload(name, step) for name, step in self.steps.items()}
             self.worker_context.setdefault(MAIN_MODULE, main_import.main_to_import())
             self._start_workers()
-            outcome = self._loop()
+            with few_collections():
+                outcome = self._loop()
         finally:
             try:
                 self._flush_stored()  # what finished is kept, however the run ends

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=repr)  # one, not one per record
+
 
 class Journal:
     def __init__(self, path: Path) -> None:
@@ -40,8 +42,8 @@ class Journal:
         """Append records (values JSON cannot hold are written as their repr) in one flush."""
         if self._file is None:
             self._file = self._open_for_append()
-        self._file.write(b"".join(json.dumps(r, separators=(",", ":"), default=repr).encode() + b"\n"
-                                  for r in records))
+        encode = _ENCODER.encode
+        self._file.write(b"".join(encode(r).encode() + b"\n" for r in records))
         self._file.flush()
 
     def _open_for_append(self) -> Any:

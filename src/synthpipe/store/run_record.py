@@ -16,6 +16,9 @@ from synthpipe.store.usage import UsageTally, totals
 
 RUN_FILE = "run.json"
 BATCHES_FILE = "batches.jsonl"
+LINES_EVERY_SECONDS = 0.5
+"""Batch lines are written at most this often (and at the run's end): they tell the run's story,
+the journal is what resuming trusts, so they need not cost a write in every round of the loop."""
 
 
 def _iso(seconds: float) -> str:
@@ -34,6 +37,7 @@ class RunRecorder:
         self._sent: dict[tuple[str, int], tuple[int, float]] = {}
         self._batches = Journal(run_dir / BATCHES_FILE)
         self._unwritten: list[dict[str, Any]] = []  # batch lines, written at the next flush
+        self._written = float("-inf")  # when batch lines were last written (monotonic)
         self.info: dict[str, Any] = {
             "run": run_dir.name, "pipeline": pipeline, "store": str(store), "status": "running",
             "durable": durable, "pid": os.getpid(), "started": _iso(self.started), "started_ts": self.started,
@@ -57,10 +61,11 @@ class RunRecorder:
         self._unwritten.append(record)
         return bool(usage)
 
-    def flush(self) -> None:
-        """Write the batch lines recorded since the last flush, in one write (the executor
-        flushes once per round of its loop, beside the journal)."""
-        if self._unwritten:
+    def flush(self, now: bool = False) -> None:
+        """Write the batch lines recorded since the last write, in one write, if the last was
+        ``LINES_EVERY_SECONDS`` ago (or ``now``): the executor asks once per round of its loop."""
+        if self._unwritten and (now or time.monotonic() - self._written >= LINES_EVERY_SECONDS):
+            self._written = time.monotonic()
             lines, self._unwritten = self._unwritten, []
             try:
                 self._batches.append_many(lines)
@@ -71,7 +76,7 @@ class RunRecorder:
         ended = time.time()
         self.info.update(status=status, rows=rows, failed_rows=failed_rows, ended=_iso(ended), ended_ts=ended,
                          seconds=round(ended - self.started, 3), **more)
-        self.flush()
+        self.flush(now=True)
         self.write()
         self._batches.close()
 
