@@ -25,6 +25,7 @@ resume it from what was persisted.
 from __future__ import annotations
 
 import heapq
+import pickle
 import random
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from synthpipe.errors import ErrorRecord, WorkerDied
+from synthpipe.runtime.packed import PackedRows
 from synthpipe.runtime.scheduler import (
     REPLAY,
     Action,
@@ -188,8 +190,10 @@ class FakeExecutor:
         missing: set[tuple[str, int]] | None = None,
         replay_at_once: bool = False,
         routers: dict[str, Any] | None = None,
+        packed: bool = False,
     ) -> None:
         self.specs = {s.name: s for s in specs}
+        self.packed = packed  # answer with rows as a worker's bytes (runtime.packed), as the driver hands them on
         self.stored = stored or {}  # what an earlier run persisted
         self.missing = missing or set()  # stored batches the store cannot read back
         self.replay_at_once = replay_at_once  # answer a Replay right after the actions it came with
@@ -498,9 +502,9 @@ class FakeExecutor:
                 self.exhausted.add(name)
         self.generated_rows += len(chunk)
         self.answered.add(action.ticket)
-        self.answer_rows[action.ticket] = chunk
+        self.answer_rows[action.ticket] = sent = self._as_sent(chunk)
         self.computed[name, seq, None] += 1
-        self.event("batch_done", name, action.replica, action.ticket, chunk, last)
+        self.event("batch_done", name, action.replica, action.ticket, sent, last)
 
     def _process(self, replica: int, action: Dispatch) -> None:
         batch = action.batch
@@ -520,9 +524,12 @@ class FakeExecutor:
         self.processed[batch.step].extend(r.get("i", -1) for branch in batch.inputs for r in branch)
         self.finished_inputs[batch.step, batch.seq].extend(r.get("i", -1) for branch in batch.inputs for r in branch)
         self.answered.add(action.ticket)
-        self.answer_rows[action.ticket] = out
+        self.answer_rows[action.ticket] = sent = self._as_sent(out)
         self.computed[batch.step, batch.seq, batch.part] += 1
-        self.event("batch_done", batch.step, replica, action.ticket, out, False)
+        self.event("batch_done", batch.step, replica, action.ticket, sent, False)
+
+    def _as_sent(self, rows: list[Row]) -> Any:
+        return PackedRows(pickle.dumps(rows), len(rows)) if self.packed else rows
 
     def complete_one(self) -> bool:
         keys = [k for k, q in self.queues.items() if q]
@@ -730,10 +737,11 @@ ISOLATION_CASES = {
 }
 
 
-def run_isolation(case: str, seed: int, replicas: int, max_restarts: int = 1) -> FakeExecutor:
+def run_isolation(case: str, seed: int, replicas: int, max_restarts: int = 1, packed: bool = False) -> FakeExecutor:
     size, poison, n = ISOLATION_CASES[case]
     specs = chain_specs(a_size=size, replicas=replicas, on_error="skip", max_restarts=max_restarts, n_b=2)
-    return FakeExecutor(specs, {"gen": rows_of(n)}, {"a": crashing(poison, then=tag("a"))}, seed=seed).run()
+    return FakeExecutor(specs, {"gen": rows_of(n)}, {"a": crashing(poison, then=tag("a"))}, seed=seed,
+                        packed=packed).run()
 
 
 def aligned_join_specs(b_replicas: int, **b_kw: Any) -> list[StepSpec]:

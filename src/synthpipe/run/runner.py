@@ -24,7 +24,7 @@ from synthpipe.runtime.local import LocalExecutor
 from synthpipe.runtime.scheduler import Batch, Persist, Scheduler, StepSpec, StoredOutput
 from synthpipe.runtime.signals import StopSignals
 from synthpipe.runtime.staged import StagedExecutor
-from synthpipe.runtime.worker import STORE_BATCHES
+from synthpipe.runtime.worker import LEAF_STEPS, STORE_BATCHES
 from synthpipe.store import batch_format
 from synthpipe.store.artifacts import write_artifact
 from synthpipe.store.failed_rows import FailedRowsLedger, read_failed_rows, write_failed_rows
@@ -235,7 +235,8 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
         if durable:
             store.persist(action.step, signatures[action.step], action.seq, data or batch_format.encode(action.rows),
                           len(action.rows), action.last,
-                          action.failed, run_id, action.inputs, action.failed_at, action.sources, action.routed_to)
+                          action.failed, run_id, action.inputs, action.failed_at, action.sources, action.routed_to,
+                          crc=action.crc if data is not None else None)
 
     def flush() -> None:
         if durable:
@@ -282,6 +283,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
     accounting.on_stop = lambda: signals.request_stop("a stop request (max_budget)")
     context = ({"responses": str(store.responses_folder), "read_responses": read_responses, STORE_BATCHES: True}
                if durable else {})
+    context[LEAF_STEPS] = list(leaves)
     def local(names: list[str], sched: Scheduler, eager: list[str] | None, with_hooks: ExecutorHooks) -> Executor:
         return LocalExecutor({n: plan.step(n) for n in names}, sched, with_hooks, signals=signals, log_level=level,
                              stop_grace_seconds=pipeline.stop_grace_seconds, worker_context=context,

@@ -124,6 +124,7 @@ class Persist:
     failed_at: tuple[int, ...] = ()  # positions of the failed rows among the batch's inputs
     sources: tuple[int, ...] | None = None  # per output row, the input it came from (when the step said)
     routed_to: tuple[str, ...] | None = None  # a routing step's decision: the successors that get it
+    crc: int | None = None  # of the bytes to store, where the worker sent it (set by the driver)
 
 
 @dataclass
@@ -199,8 +200,9 @@ class ExecutorHooks:
     on_emit: Callable[[str, int, list[dict[str, Any]], list[int]], None]
     on_rows_failed: Callable[[Batch, ErrorRecord], None]
     on_persist: Callable[[Persist, bytes | None], None] = lambda action, data: None
-    """``data``: the bytes the worker sent to be stored, or None for rows the coordinator put
-    together itself (the parts of a batch split to isolate a crash)."""
+    """``data``: the bytes the worker sent to be stored (``action.crc``: their CRC-32, where it
+    sent that too), or None for rows the coordinator put together itself (the parts of a batch
+    split to isolate a crash)."""
     on_flush: Callable[[], None] = lambda: None
     """Make the batches handed to ``on_persist`` so far durable (against a killed process).
     Called before anything that follows from them leaves the coordinator: work for the next

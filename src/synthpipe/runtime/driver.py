@@ -34,6 +34,7 @@ from synthpipe.runtime.contract import (
     RetryLater,
     RowsFailed,
 )
+from synthpipe.runtime.packed import PackedRows
 
 logger = logging.getLogger("synthpipe.runtime")
 
@@ -47,7 +48,7 @@ class Driver:
         self._timers: list[tuple[float, int, str, int]] = []  # (due, tiebreak, step, token)
         self._timer_ids = 0
         self._jitter = random.Random()
-        self._received: dict[int, bytes] = {}  # ticket -> output bytes, until persisted
+        self._received: dict[int, tuple[bytes, int | None]] = {}  # ticket -> bytes to store, their CRC
         self._held: list[Action] = []  # what follows from this round's batches, until they are stored
         self._unflushed = False  # batches handed to on_persist since the last on_flush
         self._running: dict[int, tuple[str, int]] = {}  # ticket -> (step, rows), sent under on_admit
@@ -87,9 +88,11 @@ class Driver:
         self._job_finished(worker, ticket)
         if kind == m.DONE:
             data, last, failed, sources, stored = message[2:7]
-            self._received[ticket] = stored or data
+            self._received[ticket] = (stored or data, message[9] if len(message) > 9 else None)
+            # kept as the worker's bytes (sent on as they are) when it said how many rows they hold
+            rows = PackedRows(data, *message[7:9]) if len(message) > 7 else pickle.loads(data)
             try:
-                actions = sched.batch_done(worker.step, worker.replica, ticket, pickle.loads(data), last,
+                actions = sched.batch_done(worker.step, worker.replica, ticket, rows, last,
                                            failed=failed, sources=sources)
                 return self._apply(actions, hold=True)
             finally:
@@ -123,7 +126,8 @@ class Driver:
                 else:
                     todo.extend(self.scheduler.batch_done(action.step, REPLAY, action.ticket, rows, last))
             elif isinstance(action, Persist):
-                data = self._received.get(action.ticket) if action.ticket is not None else None
+                data, action.crc = self._received.get(action.ticket, (None, None)) if action.ticket is not None \
+                    else (None, None)
                 self.hooks.on_persist(action, data)
                 self._unflushed = True
             elif isinstance(action, Dispatch):

@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -29,6 +30,7 @@ from synthpipe.runtime import messages as m
 from synthpipe.runtime.frames import FrameReader
 from synthpipe.runtime.main_import import import_main
 from synthpipe.store.batch_format import ColumnarBudget
+from synthpipe.store.leaf_writer import LEAF_FORM_MIN_ROWS, encode_leaf_rows
 from synthpipe.worker_context import (  # noqa: F401 (public here too)  # noqa: F401 (public here too)
     _CONTEXT,
     _PUBLISHER,
@@ -45,6 +47,8 @@ _PR_SET_PDEATHSIG = 1
 
 MAIN_MODULE = "main_module"
 """Set in the run context: the user's main script, for the worker to import (``main_import``)."""
+LEAF_STEPS = "leaf_steps"
+"""Set in the run context: the steps whose rows make the result (their workers send its Arrow form)."""
 _CHANNEL: list[_Channel] = []
 _COLUMNAR = ColumnarBudget()
 
@@ -176,7 +180,11 @@ def _done(step_name: str, ticket: int, rows: list[dict[str, Any]], last: bool, s
     stored = None
     if _CONTEXT.get(STORE_BATCHES):
         stored = _COLUMNAR.encode(rows, time.perf_counter() - started, len(data))
-    return m.encode((m.DONE, ticket, data, last, failed, sources, stored))
+    leaf = None
+    if len(rows) >= LEAF_FORM_MIN_ROWS and step_name in _CONTEXT.get(LEAF_STEPS, ()):
+        leaf = encode_leaf_rows(rows)  # made here, beside the other workers, not in the coordinator
+    checksum = zlib.crc32(stored or data)  # of the bytes the store keeps, made here rather than there
+    return m.encode((m.DONE, ticket, data, last, failed, sources, stored, len(rows), leaf, checksum))
 
 
 def _record(exc: BaseException, **where: Any) -> ErrorRecord:

@@ -254,15 +254,16 @@ class PipelineStore:
 
     def persist(self, step: str, signature: str, seq: int, data: bytes, rows: int, last: bool,
                 failed: int, run: str, inputs: int = 0, failed_at: tuple[int, ...] = (),
-                sources: tuple[int, ...] | None = None, routed_to: tuple[str, ...] | None = None) -> None:
+                sources: tuple[int, ...] | None = None, routed_to: tuple[str, ...] | None = None,
+                crc: int | None = None) -> None:
         """Store a finished batch, then journal it (at the next ``flush``, after its bytes): the
         record never points to missing data (and one whose bytes a power cut lost is found out
-        by its size and ignored)."""
+        by its size and ignored). ``crc``: of ``data``, where the worker that made it said."""
         key, offset, length = self.segments.append(step, signature, data)
         self._records = None
         record = {"t": "batch", "step": step, "sig": signature, "seq": seq, "key": key, "off": offset,
-                  "len": length, "crc": zlib.crc32(data), "rows": rows, "in": inputs, "last": last,
-                  "failed": failed, "run": run}
+                  "len": length, "crc": zlib.crc32(data) if crc is None else crc, "rows": rows, "in": inputs,
+                  "last": last, "failed": failed, "run": run}
         if failed_at and len(failed_at) < inputs:  # all failed needs no list
             record["fa"] = list(failed_at)
         if sources is not None and list(sources) != [i for i in range(inputs) if i not in set(failed_at)]:

@@ -56,6 +56,7 @@ from synthpipe.runtime.scheduler.forming import BatchForming, _feeders_of_joins
 from synthpipe.runtime.scheduler.replay import stored_outputs
 from synthpipe.runtime.scheduler.routing import Router, Routing, RoutingFailed
 from synthpipe.runtime.scheduler.state import (
+    RowBuffer,
     StepStats,
     StoredOutput,
     _Output,
@@ -83,7 +84,7 @@ class Scheduler(FailurePolicy, BatchForming, Dispatching, Routing):
         self.states = {
             s.name: _StepState(
                 spec=s,
-                buffers=[[] for _ in s.predecessors],
+                buffers=[RowBuffer() for _ in s.predecessors],
                 buffer_origins=[[] for _ in s.predecessors],
                 buffer_keys=[[] for _ in s.predecessors],
                 stored=stored_outputs((stored or {}).get(s.name, {})),

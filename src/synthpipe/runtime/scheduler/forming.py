@@ -13,6 +13,7 @@ from synthpipe.runtime.contract import (
 )
 from synthpipe.runtime.scheduler.replay import is_stored
 from synthpipe.runtime.scheduler.state import (
+    RowBuffer,
     _StepState,
 )
 
@@ -45,8 +46,8 @@ class BatchForming:
             if st.next_seq > 0 or not self._preds_finished(st):
                 return False
             if any(st.buffers):
-                self._queue(st, st.buffers, st.buffer_origins, st.buffer_keys)
-            st.buffers = [[] for _ in spec.predecessors]
+                self._queue(st, [buffer.take_all() for buffer in st.buffers], st.buffer_origins, st.buffer_keys)
+            st.buffers = [RowBuffer() for _ in spec.predecessors]
             st.buffer_origins = [[] for _ in spec.predecessors]
             st.buffer_keys = [[] for _ in spec.predecessors]
             return st.next_seq > 0
@@ -60,9 +61,9 @@ class BatchForming:
         upstream_done: bool | None = None  # asked only of a short group
         split = st.spec.name in self.split_at_origin
         formed = False
-        start = 0
+        start, total = 0, len(rows)
         while True:
-            end = min(start + size, len(rows))
+            end = min(start + size, total)
             if split and end > start and origins[end - 1] != origins[start]:
                 end = bisect.bisect_right(origins, origins[start], start, end)
             elif end - start < size:
@@ -73,11 +74,10 @@ class BatchForming:
                     break
             if end <= start:
                 break
-            self._queue(st, [rows[start:end]], [origins[start:end]], [keys[start:end]])
+            self._queue(st, [rows.take(end - start)], [origins[start:end]], [keys[start:end]])
             start = end
             formed = True
         if start:
-            del rows[:start]
             del origins[:start]
             del keys[:start]
         return formed
@@ -101,10 +101,9 @@ class BatchForming:
             keys: list[list[int]] = []
             for rows, orig, ks in zip(st.buffers, st.buffer_origins, st.buffer_keys, strict=True):
                 n = bisect.bisect_right(orig, origin)
-                inputs.append(rows[:n])
+                inputs.append(rows.take(n))
                 origins.append(orig[:n])
                 keys.append(ks[:n])
-                del rows[:n]
                 del orig[:n]
                 del ks[:n]
             self._queue(st, inputs, origins, keys)

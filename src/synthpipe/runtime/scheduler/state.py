@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from synthpipe.errors import ErrorRecord
@@ -42,9 +43,59 @@ class StepStats:
     replayed: int = 0  # batches given back from the store
 
 
+class RowBuffer:
+    """Rows waiting for a step, kept as the outputs they arrived in: a batch that is exactly
+    one such output is taken whole (a worker's bytes can then be sent on untouched); only a
+    batch cut from several, or from part of one, is put together row by row."""
+
+    __slots__ = ("_chunks", "_len")
+
+    def __init__(self) -> None:
+        self._chunks: deque[Sequence[Row]] = deque()
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+    def __iter__(self) -> Iterator[Row]:
+        for chunk in self._chunks:
+            yield from chunk
+
+    def extend(self, rows: Sequence[Row]) -> None:
+        if len(rows):
+            self._chunks.append(rows)
+            self._len += len(rows)
+
+    def take(self, n: int) -> Sequence[Row]:
+        """The first ``n`` rows, removed from the buffer."""
+        chunks = self._chunks
+        if n <= 0:
+            return []
+        if len(chunks[0]) == n:
+            self._len -= n
+            return chunks.popleft()
+        taken: list[Row] = []
+        while len(taken) < n:
+            chunk = chunks.popleft()
+            need = n - len(taken)
+            if len(chunk) <= need:
+                taken.extend(chunk)
+            else:
+                taken.extend(chunk[:need])
+                chunks.appendleft(chunk[need:])
+        self._len -= n
+        return taken
+
+    def take_all(self) -> Sequence[Row]:
+        return self.take(self._len)
+
+
 @dataclass
 class _Output:
-    rows: list[Row]
+    rows: Sequence[Row]
     origins: list[int]
     min_origin: float
     fresh: bool = True  # computed in this run (not replayed)
@@ -76,7 +127,7 @@ class _Isolation:
 @dataclass
 class _StepState:
     spec: StepSpec
-    buffers: list[list[Row]] = field(default_factory=list)
+    buffers: list[RowBuffer] = field(default_factory=list)
     buffer_origins: list[list[int]] = field(default_factory=list)
     buffer_keys: list[list[int]] = field(default_factory=list)
     next_seq: int = 0
