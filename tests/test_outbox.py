@@ -83,3 +83,26 @@ def test_a_gone_worker_breaks_the_outbox_without_raising():
     assert box.broken and not box.waiting
     box.close()
     coordinator.close()
+
+
+def test_a_rounds_messages_kept_for_later_go_in_one_write_in_order(monkeypatch):
+    coordinator, worker = _pair()
+    box = Outbox(coordinator.fileno())
+    writes = []
+    send = box._sock.send
+    monkeypatch.setattr(box, "_sock", type("Counting", (), {
+        "send": lambda self, data, flags: writes.append(len(data)) or send(data, flags),
+        "fileno": lambda self: coordinator.fileno(), "close": lambda self: None})())
+    kept = [bytes([i]) * (i * 11 + 1) for i in range(20)]
+    for data in kept:
+        box.put(data, now=False)
+    assert box.waiting and writes == []  # a loop waiting for writable sockets would send them too
+    box.put(b"stop")  # behind what is kept, never before it
+    assert box.waiting and writes == []
+    box.send()
+    assert not box.waiting and len(writes) == 1
+    reader = FrameReader(worker.fileno())
+    assert [reader.recv() for _ in range(21)] == [*kept, b"stop"]
+    box.close()
+    coordinator.close()
+    worker.close()

@@ -503,3 +503,57 @@ def test_a_withdrawn_batch_waits_for_a_worker_again_and_a_stop_drains():
     sched.withdraw("a", again[0].ticket)
     assert sched.in_flight_tickets() == set(), {n: st.in_flight for n, st in sched.states.items()}
     assert any(isinstance(x, Drained) for x in sched.request_stop())
+
+
+# -- a quick step's workers hold more ----------------------------------------------------------
+
+
+def _outstanding(sched: Scheduler, name: str) -> int:
+    return len(sched.states[name].in_flight)
+
+
+def test_a_step_whose_batches_take_its_workers_no_time_gets_more_at_once_up_to_a_bound():
+    from synthpipe.runtime.scheduler.dispatch import MAX_QUICK_CAPACITY
+
+    specs = [gen("gen", ("quick", "slow"), batch_size=5), step("quick", ("gen",), (), batch_size=5),
+             step("slow", ("gen",), (), batch_size=5), glob("all", ("gen",))]
+    specs[0] = gen("gen", ("quick", "slow", "all"), batch_size=5)
+    sched = Scheduler(specs, worker_capacity=2, max_rows_in_flight=100_000)
+    sched.start()
+    for name in ("quick", "slow", "all"):
+        sched.worker_ready(name, 0)
+    actions = sched.worker_ready("gen", 0)
+    assert _outstanding(sched, "gen") == 2  # nothing known of its pace yet
+    seq = 0
+    for _ in range(40):  # the generator answers at once, and says it took no time
+        request = next(a for a in actions if isinstance(a, Generate))
+        actions = [a for a in actions if a is not request] + sched.batch_done(
+            "gen", 0, request.ticket, rows_of(5 * (seq + 1))[5 * seq:], False, seconds=1e-5)
+        seq += 1
+        sched.check_invariants()
+        assert _outstanding(sched, "gen") <= MAX_QUICK_CAPACITY
+    assert _outstanding(sched, "gen") == MAX_QUICK_CAPACITY
+    assert _outstanding(sched, "quick") == _outstanding(sched, "slow") == 2  # not answered yet: default
+    quick = [a for a in actions if isinstance(a, Dispatch) and a.batch.step == "quick"]
+    slow = [a for a in actions if isinstance(a, Dispatch) and a.batch.step == "slow"]
+    more = sched.batch_done("quick", 0, quick[0].ticket, quick[0].batch.inputs[0], seconds=1e-5)
+    more += sched.batch_done("slow", 0, slow[0].ticket, slow[0].batch.inputs[0], seconds=2.0)
+    sched.check_invariants()
+    assert _outstanding(sched, "quick") == MAX_QUICK_CAPACITY
+    assert _outstanding(sched, "slow") == 2  # a batch takes seconds: no more than the default
+    assert _outstanding(sched, "all") == 0  # a global step: one batch, once everything is in
+
+
+def test_a_step_that_says_how_many_batches_it_holds_keeps_that_however_quick():
+    specs = [gen("gen", ("a",), batch_size=5), step("a", ("gen",), (), batch_size=5, capacity=3)]
+    sched = Scheduler(specs, worker_capacity=2, max_rows_in_flight=100_000)
+    sched.start()
+    sched.worker_ready("a", 0)
+    actions = sched.worker_ready("gen", 0)
+    for seq in range(30):
+        request = next(a for a in actions if isinstance(a, Generate))
+        actions = [a for a in actions if a is not request] + sched.batch_done(
+            "gen", 0, request.ticket, rows_of(5 * (seq + 1))[5 * seq:], False, seconds=1e-5)
+    dispatched = [a for a in actions if isinstance(a, Dispatch)]
+    sched.batch_done("a", 0, dispatched[0].ticket, dispatched[0].batch.inputs[0], seconds=1e-6)
+    assert _outstanding(sched, "a") == 3

@@ -92,8 +92,8 @@ class Driver:
             # kept as the worker's bytes (sent on as they are) when it said how many rows they hold
             rows = PackedRows(data, *message[7:9]) if len(message) > 7 else pickle.loads(data)
             try:
-                actions = sched.batch_done(worker.step, worker.replica, ticket, rows, last,
-                                           failed=failed, sources=sources)
+                actions = sched.batch_done(worker.step, worker.replica, ticket, rows, last, failed=failed,
+                                           sources=sources, seconds=message[10] if len(message) > 10 else None)
                 return self._apply(actions, hold=True)
             finally:
                 self._received.pop(ticket, None)

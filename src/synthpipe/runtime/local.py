@@ -287,6 +287,8 @@ class LocalExecutor(Driver):
             self._release_held()  # the round's batches are stored, in one go, before their results go on
             if outcome is None:
                 outcome = self._fire_due_timers()
+            for box in self._sending():
+                box.send()  # what the round handed each worker, in one write
             if outcome is not None or self.scheduler.drained:
                 return outcome
             self._kill_overdue_workers()
@@ -418,7 +420,7 @@ class LocalExecutor(Driver):
         worker.sent_at[ticket] = time.monotonic()
         if worker.busy_since is None:
             worker.busy_since = time.monotonic()
-        worker.outbox.put(m.encode(message))
+        worker.outbox.put(m.encode(message), now=False)  # sent at the end of the round, with the others
 
     def _shutdown(self, grace: float) -> None:
         """Ask every worker to stop, wait up to ``grace`` seconds, then end the rest by PID.

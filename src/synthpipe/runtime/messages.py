@@ -3,7 +3,8 @@
 coordinator -> worker:  ("batch", ticket, seq, row_start, inputs) | ("generate", ticket, seq, offset)
                         | ("stop",)
 worker -> coordinator:  ("ready",) | ("load_failed", record)
-                        | ("done", ticket, pickled_rows, last, failed, sources, stored, count, leaf, crc)
+                        | ("done", ticket, pickled_rows, last, failed, sources, stored, count, leaf, crc,
+                          seconds)
                         | ("failed", ticket, record)
                         | ("log", levelno, logger_name, text) | ("record", kind, payload)
 
@@ -13,7 +14,8 @@ worker -> coordinator:  ("ready",) | ("load_failed", record)
 ``stored``: the rows as the store keeps them (columnar), or None to store the pickled rows;
 ``count``: how many rows ``pickled_rows`` holds (the coordinator need not unpickle them to know);
 ``leaf``: a leaf step's rows in the result's Arrow form, or None (the coordinator converts them);
-``crc``: the CRC-32 of the bytes to store (``stored``, else ``pickled_rows``).
+``crc``: the CRC-32 of the bytes to store (``stored``, else ``pickled_rows``); ``seconds``: how
+long the step took over the batch (the scheduler gives a quick step's workers more at once).
 A batch's ``inputs`` are lists of rows; one that is a step's output whole travels as the bytes
 its worker sent (``runtime.packed``) and arrives as a list all the same.
 A ticket names one dispatch; a batch sent again (a retry, a part of it) gets a new one.

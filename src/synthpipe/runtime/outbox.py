@@ -38,14 +38,23 @@ class Outbox:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def put(self, data: bytes) -> None:
+    def put(self, data: bytes, now: bool = True) -> None:
+        """Send ``data`` after what waits already. ``now=False``: keep it for ``send`` (the
+        executor gathers a round's messages to a worker, to send them in one system call);
+        until then the outbox is ``waiting``, so a loop that waits for writable sockets sends
+        it all the same."""
         if self.broken:
             return
-        framed = memoryview(frame(data))
-        if self._pending:
-            self._pending.append(framed)  # behind what waits already, in order
-            return
-        self._pending.append(framed)
+        self._pending.append(memoryview(frame(data)))
+        if now and len(self._pending) == 1:
+            self.drain()
+
+    def send(self) -> None:
+        """Send what waits, joined into one write."""
+        if len(self._pending) > 1:
+            joined = memoryview(b"".join(self._pending))
+            self._pending.clear()
+            self._pending.append(joined)
         self.drain()
 
     def drain(self) -> None:

@@ -176,15 +176,16 @@ def _done(step_name: str, ticket: int, rows: list[dict[str, Any]], last: bool, s
     """The DONE message for ``rows`` (made from ``started``, a ``perf_counter`` time). Where the
     run stores its batches and the step's work makes it worth it, the columnar form to store
     is made here, in parallel with the other workers, rather than by the coordinator."""
+    work = time.perf_counter() - started
     data = _pickle_rows(step_name, rows)
     stored = None
     if _CONTEXT.get(STORE_BATCHES):
-        stored = _COLUMNAR.encode(rows, time.perf_counter() - started, len(data))
+        stored = _COLUMNAR.encode(rows, work, len(data))
     leaf = None
     if len(rows) >= LEAF_FORM_MIN_ROWS and step_name in _CONTEXT.get(LEAF_STEPS, ()):
         leaf = encode_leaf_rows(rows)  # made here, beside the other workers, not in the coordinator
     checksum = zlib.crc32(stored or data)  # of the bytes the store keeps, made here rather than there
-    return m.encode((m.DONE, ticket, data, last, failed, sources, stored, len(rows), leaf, checksum))
+    return m.encode((m.DONE, ticket, data, last, failed, sources, stored, len(rows), leaf, checksum, work))
 
 
 def _record(exc: BaseException, **where: Any) -> ErrorRecord:

@@ -26,6 +26,11 @@ from synthpipe.runtime.scheduler.state import (
     _StepState,
 )
 
+QUEUED_SECONDS = 0.02
+"""A quick step's worker holds batches for about this much of its own work at a time."""
+MAX_QUICK_CAPACITY = 16
+"""The most batches a quick step's worker holds at once (a stop waits for them)."""
+
 
 class Dispatching:
     """Moves completed outputs on and work out (mixed into Scheduler)."""
@@ -188,8 +193,22 @@ class Dispatching:
             st.finished = True
         return done
 
+    def _capacity(self, st: _StepState) -> int:
+        """Batches one worker of the step holds at once: a global step one, a step that says how
+        many that many; otherwise the scheduler's ``worker_capacity``, and more for a quick step
+        (its batches take little time each, going by what its workers said): enough for about
+        ``QUEUED_SECONDS`` of its work, so that its worker never waits for the coordinator,
+        and the coordinator reads a worker's answers many at a time."""
+        if st.spec.kind == "global":
+            return 1
+        if st.spec.capacity:
+            return st.spec.capacity
+        if st.pace is None:
+            return self.worker_capacity
+        return max(self.worker_capacity, min(MAX_QUICK_CAPACITY, int(QUEUED_SECONDS / max(st.pace, 1e-6))))
+
     def _dispatch(self, st: _StepState, actions: list[Action]) -> None:
-        capacity = 1 if st.spec.kind == "global" else st.spec.capacity or self.worker_capacity
+        capacity = self._capacity(st)
         while st.ready and st.workers:
             replica = min(st.workers, key=lambda r: (st.workers[r], r))
             if st.workers[replica] >= capacity:
@@ -213,7 +232,7 @@ class Dispatching:
                     st.diverged = True  # from here on the generator runs
                     st.fresh_offset = sum(st.stored[seq].rows for seq in range(st.next_seq) if seq in st.stored)
                 replay = not st.diverged
-                if not replay and (0 not in st.workers or st.workers[0] >= self.worker_capacity):
+                if not replay and (0 not in st.workers or st.workers[0] >= self._capacity(st)):
                     break
                 if not replay and any(job.replica == REPLAY for job in st.in_flight.values()):
                     break  # the stored batches may hold the last one: know that before asking for more

@@ -50,7 +50,7 @@ from synthpipe.runtime.contract import (
     RowsFailed,
     StepSpec,
 )
-from synthpipe.runtime.scheduler.dispatch import Dispatching
+from synthpipe.runtime.scheduler.dispatch import MAX_QUICK_CAPACITY, Dispatching
 from synthpipe.runtime.scheduler.failure import FailurePolicy, _one_row
 from synthpipe.runtime.scheduler.forming import BatchForming, _feeders_of_joins
 from synthpipe.runtime.scheduler.replay import stored_outputs
@@ -136,7 +136,8 @@ class Scheduler(FailurePolicy, BatchForming, Dispatching, Routing):
             recount += sum(len(r) for iso in st.isolating.values() for r in iso.outputs.values())
             recount += sum(len(o.rows) for o in st.completed.values())
             assert st.held == recount, f"{name}: held {st.held} != {recount}"
-            capacity = 1 if st.spec.kind == "global" else st.spec.capacity or self.worker_capacity
+            quick = st.spec.kind != "global" and not st.spec.capacity  # its capacity follows its pace
+            capacity = max(self.worker_capacity, MAX_QUICK_CAPACITY) if quick else self._capacity(st)
             assert all(0 <= n <= capacity for n in st.workers.values()), f"{name}: {st.workers}"
 
     # -- events ---------------------------------------------------------------------------
@@ -151,16 +152,18 @@ class Scheduler(FailurePolicy, BatchForming, Dispatching, Routing):
         self.states[step].workers[replica] = 0
         return self._advance()
 
-    def batch_done(self, step: str, replica: int, ticket: int, rows: list[Row], last: bool = False,
+    def batch_done(self, step: str, replica: int, ticket: int, rows: Sequence[Row], last: bool = False,
                    failed: Sequence[tuple[int, ErrorRecord]] = (),
-                   sources: Sequence[int] | None = None) -> list[Action]:
+                   sources: Sequence[int] | None = None, seconds: float | None = None) -> list[Action]:
         """``failed``: input rows (by position in the first input) that failed while the rest of
         the batch went on; ``rows`` are the outputs of the others; ``sources``: for each output
-        row, the position of the input row it came from, where the step knows."""
+        row, the position of the input row it came from, where the step knows; ``seconds``: how
+        long the batch took its worker, where it said (a quick step's workers hold more)."""
         if self._over():
             return []
         self._touch(step)
         st = self.states[step]
+        st.paced(seconds)
         job = self._pop_job(st, ticket, replica)
         if job is None:
             return self._advance()

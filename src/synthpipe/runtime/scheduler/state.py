@@ -151,6 +151,12 @@ class _StepState:
     fresh_at: list[float] = field(default_factory=list)  # per predecessor: first fresh row (inf: none)
     diverged: bool = False  # generators: producing fresh batches now
     fresh_offset: int = 0  # generators: rows before the first fresh batch
+    pace: float | None = None  # seconds a batch takes its worker (a moving average), where workers say
+
+    def paced(self, seconds: float | None) -> None:
+        """A worker said how long a batch took it."""
+        if seconds is not None and seconds >= 0:
+            self.pace = seconds if self.pace is None else 0.8 * self.pace + 0.2 * seconds
 
     def pending_origin(self) -> float:
         """Smallest origin of any row this step holds and has not released."""
