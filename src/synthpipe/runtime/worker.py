@@ -30,7 +30,6 @@ from synthpipe.runtime import messages as m
 from synthpipe.runtime.frames import FrameReader
 from synthpipe.runtime.main_import import import_main
 from synthpipe.store.batch_format import ColumnarBudget
-from synthpipe.store.leaf_writer import LEAF_FORM_MIN_ROWS, encode_leaf_rows
 from synthpipe.worker_context import (  # noqa: F401 (public here too)  # noqa: F401 (public here too)
     _CONTEXT,
     _PUBLISHER,
@@ -49,6 +48,10 @@ MAIN_MODULE = "main_module"
 """Set in the run context: the user's main script, for the worker to import (``main_import``)."""
 LEAF_STEPS = "leaf_steps"
 """Set in the run context: the steps whose rows make the result (their workers send its Arrow form)."""
+LEAF_FORM_MIN_ROWS = 256
+"""A leaf's worker sends its batch's Arrow form too from this many rows on: inferring the
+columns' types costs about 0.25 ms a call, beside about 0.5 us a row, so for small batches it
+is cheaper done once per chunk by the coordinator than once per batch here."""
 _CHANNEL: list[_Channel] = []
 _COLUMNAR = ColumnarBudget()
 
@@ -183,6 +186,8 @@ def _done(step_name: str, ticket: int, rows: list[dict[str, Any]], last: bool, s
         stored = _COLUMNAR.encode(rows, work, len(data))
     leaf = None
     if len(rows) >= LEAF_FORM_MIN_ROWS and step_name in _CONTEXT.get(LEAF_STEPS, ()):
+        from synthpipe.store.leaf_writer import encode_leaf_rows  # here: most workers never need it
+
         leaf = encode_leaf_rows(rows)  # made here, beside the other workers, not in the coordinator
     checksum = zlib.crc32(stored or data)  # of the bytes the store keeps, made here rather than there
     return m.encode((m.DONE, ticket, data, last, failed, sources, stored, len(rows), leaf, checksum, work))

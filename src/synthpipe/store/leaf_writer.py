@@ -16,12 +16,6 @@ from synthpipe.store.result_stream import KEY_COLUMN, RESULT_FOLDER, LeafStream
 
 __all__ = ["KEY_COLUMN", "LeafWriter", "Misfit", "encode_leaf_rows", "find_misfits", "rows_to_table"]
 
-LEAF_FORM_MIN_ROWS = 256
-"""A leaf's worker sends its batch's Arrow form too from this many rows on: inferring the
-columns' types costs about 0.25 ms a call, beside about 0.5 us a row, so for small batches it
-is cheaper done once per chunk here than once per batch there."""
-
-
 def encode_leaf_rows(rows: list[dict[str, Any]]) -> bytes | None:
     """In a leaf's worker: ``rows`` as the result's Arrow form (an IPC stream of the one struct
     conversion ``_as_one`` does), or None where that conversion fails (the coordinator then
