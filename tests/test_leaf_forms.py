@@ -10,6 +10,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -129,3 +130,57 @@ def test_a_script_with_large_leaf_batches_keeps_every_good_row_in_order_and_sets
     assert all(r["note"] == (None if r["a"] < 300 else f"late {r['a']}") for r in result["rows"])
     assert sorted(result["failed"]) == list(range(600, 900))
     assert "column 'text' holds an int" in done.stderr
+
+
+KILLED_SCRIPT = """
+import json
+import sys
+
+from steps_lib import Counting, CountingGenerator
+from synthpipe.pipeline import Pipeline
+
+with Pipeline(name="large-leaf-resume") as pipeline:
+    CountingGenerator(name="gen", total=3000, batch_size=300, calls=sys.argv[1], delay=0.02) >> Counting(
+        name="leaf", calls=sys.argv[1], delay=0.15, input_batch_size=300)
+
+if __name__ == "__main__":
+    rows = pipeline.run()["default"]["train"].to_list()
+    print("RESULT " + json.dumps(rows))
+"""
+
+
+def test_a_run_killed_among_large_leaf_batches_resumes_to_the_same_result_computing_each_batch_once(tmp_path):
+    script, calls = tmp_path / "leaf_resume.py", tmp_path / "calls"
+    script.write_text(KILLED_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": python_path(Path(__file__).parent), "SYNTHPIPE_PROGRESS": "0",
+           "SYNTHPIPE_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.Popen([sys.executable, str(script), str(calls)], cwd=tmp_path, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _leaf_rows(calls) < 900:  # three of its ten batches
+        time.sleep(0.02)
+    run.kill()  # SIGKILL: no chance to write anything more
+    run.communicate(timeout=30)
+    done_before = _leaf_rows(calls)
+    assert 900 <= done_before < 3000, done_before
+    done = subprocess.run([sys.executable, str(script), str(calls)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    [line] = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+    rows = json.loads(line[len("RESULT "):])
+    assert [r["n"] for r in rows] == list(range(3000))
+    assert all(r["leaf"] == f"x{r['n']}" for r in rows)
+    # the batches finished before the kill were not computed again: only the one in the worker's
+    # hands, and one whose answer the coordinator had not stored yet, can have been
+    assert _leaf_rows(calls) <= 3000 + 600
+    [journal] = (tmp_path / "cache").glob("*/journal.jsonl")
+    seqs = [r["seq"] for r in map(json.loads, journal.read_text().splitlines())
+            if r.get("t") == "batch" and r["step"] == "leaf"]
+    assert sorted(seqs) == list(range(10))  # each batch stored once
+
+
+def _leaf_rows(calls: Path) -> int:
+    try:
+        return sum(1 for line in calls.read_text().splitlines() if line.startswith("leaf:"))
+    except FileNotFoundError:
+        return 0
