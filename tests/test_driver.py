@@ -51,11 +51,11 @@ class QueueTransport(Driver):
             start = message[2] * self.specs[step].batch_size  # a fresh run: batch seq holds rows from seq * size
             rows = self.data[start:start + self.specs[step].batch_size]
             last = start + len(rows) >= len(self.data)
-            answer = (m.DONE, ticket, pickle.dumps(rows), last, [], None, None)
+            answer = (m.DONE, ticket, pickle.dumps(rows), last, [], None, None, len(rows), None, None, None)
         else:
             try:
                 rows = self.fns[step](message[4][0])
-                answer = (m.DONE, ticket, pickle.dumps(rows), False, [], None, None)
+                answer = (m.DONE, ticket, pickle.dumps(rows), False, [], None, None, len(rows), None, None, None)
             except ValueError as exc:
                 answer = (m.FAILED, ticket, ErrorRecord.from_message("ValueError", str(exc), step=step,
                                                                      retryable=False))

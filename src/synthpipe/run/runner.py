@@ -236,7 +236,7 @@ def _execute_logged(pipeline: Pipeline, plan: Plan, signatures: dict[str, str], 
             store.persist(action.step, signatures[action.step], action.seq, data or batch_format.encode(action.rows),
                           len(action.rows), action.last,
                           action.failed, run_id, action.inputs, action.failed_at, action.sources, action.routed_to,
-                          crc=action.crc if data is not None else None)
+                          crc=action.crc)
 
     def flush() -> None:
         if durable:

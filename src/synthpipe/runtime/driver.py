@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import pickle
 import random
 import time
 from collections import deque
@@ -87,13 +86,12 @@ class Driver:
         ticket = message[1]
         self._job_finished(worker, ticket)
         if kind == m.DONE:
-            data, last, failed, sources, stored = message[2:7]
-            self._received[ticket] = (stored or data, message[9] if len(message) > 9 else None)
-            # kept as the worker's bytes (sent on as they are) when it said how many rows they hold
-            rows = PackedRows(data, *message[7:9]) if len(message) > 7 else pickle.loads(data)
+            data, last, failed, sources, stored, count, leaf, crc, seconds = message[2:11]
+            self._received[ticket] = (stored or data, crc)
+            rows = PackedRows(data, count, leaf)  # kept as the worker's bytes, sent on as they are
             try:
                 actions = sched.batch_done(worker.step, worker.replica, ticket, rows, last, failed=failed,
-                                           sources=sources, seconds=message[10] if len(message) > 10 else None)
+                                           sources=sources, seconds=seconds)
                 return self._apply(actions, hold=True)
             finally:
                 self._received.pop(ticket, None)

@@ -18,13 +18,13 @@ __all__ = ["KEY_COLUMN", "LeafWriter", "Misfit", "encode_leaf_rows", "find_misfi
 
 def encode_leaf_rows(rows: list[dict[str, Any]]) -> bytes | None:
     """In a leaf's worker: ``rows`` as the result's Arrow form (an IPC stream of the one struct
-    conversion ``_as_one`` does), or None where that conversion fails (the coordinator then
-    converts the rows, and sets aside those that fit no column)."""
+    conversion ``_as_one`` does, ``_struct_table``), or None where that conversion fails (the
+    coordinator then converts the rows, and sets aside those that fit no column)."""
     import pyarrow as pa
 
     try:
-        table = pa.Table.from_struct_array(pa.array(rows))
-        if table.num_columns == 0 or not all(isinstance(name, str) for name in table.column_names):
+        table = _struct_table(rows)
+        if table is None:
             return None
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -179,14 +179,7 @@ class LeafWriter:
             table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             return None
-        earlier = self._schemas.get(step)
-        if earlier is not None:
-            for field in table.schema:
-                if field.name in earlier.names:
-                    known = earlier.field(field.name).type
-                    if known != field.type and not _compatible(known, field.type):
-                        return None
-        return table
+        return table if _fits_earlier(table.schema, self._schemas.get(step)) else None
 
     def _set_aside_misfits(self, step: str, rows: list[dict[str, Any]], keys: list[int]
                            ) -> tuple[list[dict[str, Any]], list[int], dict[str, Any] | None]:
@@ -264,22 +257,37 @@ def _as_one(rows: list[dict[str, Any]], earlier: Any) -> dict[str, Any] | None:
     C++, an order of magnitude faster than a Python list per column; columns in the order they
     first appear, as ``rows_to_table`` has them), when every column converts and fits the
     earlier chunks' types. None: the column by column search for misfits decides."""
+    table = _struct_table(rows)
+    if table is None or not _fits_earlier(table.schema, earlier):
+        return None
+    return {name: table.column(name) for name in table.column_names}
+
+
+def _struct_table(rows: list[dict[str, Any]]) -> Any:
+    """``rows`` converted at once as an Arrow struct, as a table; None where that fails, gives no
+    column or a column name that is not a str."""
     import pyarrow as pa
 
     try:
         table = pa.Table.from_struct_array(pa.array(rows))
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError, ValueError):
         return None
-    if table.num_columns == 0:
+    if table.num_columns == 0 or not all(isinstance(name, str) for name in table.column_names):
         return None
-    for field in table.schema:
-        if not isinstance(field.name, str):
-            return None
-        if earlier is not None and field.name in earlier.names:
+    return table
+
+
+def _fits_earlier(schema: Any, earlier: Any) -> bool:
+    """Every column of ``schema`` that the earlier chunks (``earlier``, None: none) had too is
+    of their type or one that promotes with it."""
+    if earlier is None:
+        return True
+    for field in schema:
+        if field.name in earlier.names:
             known = earlier.field(field.name).type
             if known != field.type and not _compatible(known, field.type):
-                return None
-    return {name: table.column(name) for name in table.column_names}
+                return False
+    return True
 
 
 def _majority_type(values: list[Any]) -> Any:

@@ -227,12 +227,13 @@ class Dispatching:
             spec = st.spec
             if spec.kind != "generator" or st.finished:
                 continue
+            capacity = self._capacity(st)
             while st.last_seq is None and (spec.max_batches is None or st.next_seq < spec.max_batches):
                 if not st.diverged and st.next_seq not in st.stored:
                     st.diverged = True  # from here on the generator runs
                     st.fresh_offset = sum(st.stored[seq].rows for seq in range(st.next_seq) if seq in st.stored)
                 replay = not st.diverged
-                if not replay and (0 not in st.workers or st.workers[0] >= self._capacity(st)):
+                if not replay and (0 not in st.workers or st.workers[0] >= capacity):
                     break
                 if not replay and any(job.replica == REPLAY for job in st.in_flight.values()):
                     break  # the stored batches may hold the last one: know that before asking for more
