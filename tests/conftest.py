@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,13 @@ def python_path(*first: object) -> str:
     """PYTHONPATH for a child program: ``first``, then whatever this run already has."""
     parts = [str(p) for p in first] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return os.pathsep.join(parts)
+
+
+def run_bench(script: str, *args: str, timeout: float = 280) -> subprocess.CompletedProcess:
+    """``bench/<script>`` run as a user runs it, with this checkout's ``src`` first on the path."""
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, str(root / "bench" / script), *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": python_path(root / "src")}, timeout=timeout)
 
 
 def _processes() -> list[tuple[int, int, str, bytes]]:

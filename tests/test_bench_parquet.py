@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import python_path
+from conftest import run_bench
 
 pytest.importorskip("pyarrow")
 pytestmark = pytest.mark.timeout(300)
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def test_parquet_bench_tiny(tmp_path):
     out = tmp_path / "parquet_read.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "parquet_read.py"), "--rows", "2000", "5000", "--row-group", "1500",
-         "--output", str(out)],
-        env={**os.environ, "PYTHONPATH": python_path(ROOT / "src")}, capture_output=True, text=True, timeout=280)
+    proc = run_bench("parquet_read.py", "--rows", "2000", "5000", "--row-group", "1500", "--output", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| 5,000 |" in proc.stdout
     report = json.loads(out.read_text())

@@ -11,7 +11,7 @@ import pytest
 
 from fake_executor import RESUME_SHAPES, FakeExecutor, gen, glob, rows_of, run_isolation, step, tag
 from synthpipe.runtime.contract import Dispatch
-from synthpipe.runtime.packed import PackedRows, unpack
+from synthpipe.runtime.packed import PackedRows
 from synthpipe.runtime.scheduler import Scheduler
 from synthpipe.runtime.scheduler.state import RowBuffer
 
@@ -28,7 +28,6 @@ def test_its_length_needs_no_unpickling_and_its_rows_read_as_a_list():
     assert len(packed) == 5 and not packed.unpacked
     assert packed[1] == rows[1] and packed[1:3] == rows[1:3] and list(packed) == rows
     assert packed == rows and rows == packed and packed != rows[:4]
-    assert unpack(packed) is packed.rows and unpack(rows) is rows
 
 
 def test_pickled_again_it_is_the_workers_bytes_and_the_other_side_gets_a_plain_list():

@@ -63,11 +63,3 @@ class PackedRows(Sequence):  # type: ignore[type-arg]
     def __repr__(self) -> str:
         return f"PackedRows({self._count} rows, {len(self.data)} bytes)"
 
-
-def unpack(rows: Sequence[Row]) -> list[Row]:
-    """``rows`` as a list (the list itself when it is one)."""
-    if isinstance(rows, list):
-        return rows
-    if isinstance(rows, PackedRows):
-        return rows.rows
-    return list(rows)
